@@ -1,0 +1,641 @@
+"""The node's HTTP API: ``/api/v1``, ``/health``, ``/metrics``.
+
+Errors are mapped here, once: a :class:`MedLedgerError` becomes its HTTP status
+and ``{"error": {"code", "message"}}``; anything unexpected becomes a 500
+``INTERNAL`` without the exception text (which is logged instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medledger import __version__
+from medledger.api import signing
+from medledger.app import access
+from medledger.app.model import (
+    ACTIVE,
+    Identity,
+    RecordMeta,
+    Role,
+    is_record_id,
+    k_record,
+    p_patient_records,
+)
+from medledger.codec import decode
+from medledger.crypto.keys import PublicKey, is_identity_id
+from medledger.custody.gate import AccessProof, check_release
+from medledger.errors import (
+    AuthError,
+    Forbidden,
+    IntegrityError,
+    InvalidInput,
+    MedLedgerError,
+    NotFound,
+)
+from medledger.ledger.block import Event, Header, TxResult, result_leaf
+from medledger.ledger.merkle import inclusion_proof, leaf_hash
+from medledger.ledger.proofs import (
+    AuditProofBundle,
+    AuditProofEntry,
+    SignedHeader,
+    encode_bundle,
+)
+from medledger.ledger.tx import decode_envelope
+from medledger.node.logging import get_logger
+from medledger.node.node import Node, Receipt, now_ms
+from medledger.storage import framing
+from medledger.storage.manifest import MAX_CHUNK_SIZE, decode_manifest
+
+log = get_logger("medledger.api")
+
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_BATCH_TXS = 20_000
+MAX_JSON_BYTES = 64 * 1024
+MAX_WAIT_S = 120.0
+WRITER_ROLES = frozenset({Role.CLINICIAN.value, Role.SERVICE.value, Role.PATIENT.value})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    public_key: PublicKey
+    identity: Identity
+
+
+def error_response(exc: MedLedgerError) -> JSONResponse:
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status)
+
+
+def create_app(node: Node) -> FastAPI:
+    app = FastAPI(
+        title="MedLedger node API",
+        version=__version__,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(MedLedgerError)
+    async def _ml_error(request: Request, exc: MedLedgerError) -> JSONResponse:
+        log.info("api.error", path=request.url.path, code=exc.code, status=exc.http_status)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidInput("request parameters are invalid", code="BAD_REQUEST"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("api.internal_error", path=request.url.path)
+        return JSONResponse(
+            {"error": {"code": "INTERNAL", "message": "internal error; see the node log"}},
+            status_code=500,
+        )
+
+    # ---- auth ---------------------------------------------------------------------------
+
+    async def read_small_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > MAX_JSON_BYTES:
+            raise InvalidInput("request body too large", code="BODY_TOO_LARGE")
+        body = await request.body()
+        if len(body) > MAX_JSON_BYTES:
+            raise InvalidInput("request body too large", code="BODY_TOO_LARGE")
+        return body
+
+    async def authenticate(request: Request, *, streamed: bool = False) -> Caller:
+        path_qs = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        pk = signing.verify_request(
+            headers, request.method, path_qs, now_ms(), node.config.request_max_skew_ms
+        )
+        payload = headers.get(signing.H_BODY, "")
+        if payload == signing.UNSIGNED:
+            if not streamed:
+                raise AuthError("this request must sign its body", code="AUTH_BODY_UNSIGNED")
+        else:
+            body = await read_small_body(request)
+            if signing.body_hash(body) != payload:
+                raise AuthError("body does not match its signed hash", code="AUTH_BODY_MISMATCH")
+        identity = node.app.query_identity(pk.id)
+        if identity is None:
+            raise AuthError("caller is not an enrolled identity", code="UNKNOWN_IDENTITY")
+        if identity.status != ACTIVE:
+            raise AuthError("caller identity is suspended", code="IDENTITY_SUSPENDED")
+        return Caller(public_key=pk, identity=identity)
+
+    async def caller_dep(request: Request) -> Caller:
+        return await authenticate(request)
+
+    async def json_body(request: Request) -> dict[str, Any]:
+        body = await read_small_body(request)
+        try:
+            doc = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise InvalidInput("body is not JSON", code="BAD_JSON")
+        if not isinstance(doc, dict):
+            raise InvalidInput("body must be a JSON object", code="BAD_JSON")
+        return doc
+
+    # ---- health, metrics, status ----------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "height": node.height, "name": node.config.name}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(node.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/status")
+    async def status() -> dict[str, Any]:
+        h = node.last_header
+        return {
+            "name": node.config.name,
+            "chain_id": node.genesis.chain_id,
+            "node_id": node.node_key.id,
+            "version": __version__,
+            "height": node.height,
+            "app_hash": node.app_hash.hex(),
+            "last_block_time_ms": h.time_ms if h else node.genesis.genesis_time_ms,
+            "validator": node.is_validator,
+            "mempool_txs": len(node.mempool),
+            "custodian_public_key": node.custodian.public_key.hex(),
+            "pid": os.getpid(),
+        }
+
+    # ---- transactions -----------------------------------------------------------------------
+
+    @app.post("/api/v1/tx")
+    async def submit_tx(
+        request: Request, wait: bool = True, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Submit one signed transaction envelope (raw bytes); by default wait for its commit."""
+        body = await request.body()
+        if len(body) > node.params.max_tx_bytes:
+            raise InvalidInput("transaction too large", code="TX_TOO_LARGE")
+        stx = node.submit(body)
+        if not wait:
+            return {"tx_hash": stx.hash.hex(), "status": "accepted"}
+        receipt = await node.wait_for(stx.hash, min(timeout, MAX_WAIT_S))
+        return receipt_json(receipt)
+
+    @app.post("/api/v1/txs")
+    async def submit_batch(
+        request: Request, wait: bool = True, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Submit a msgpack array of envelopes; per-transaction outcomes in order."""
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > MAX_BATCH_BYTES:
+            raise InvalidInput("batch too large", code="BODY_TOO_LARGE")
+        body = await request.body()
+        if len(body) > MAX_BATCH_BYTES:
+            raise InvalidInput("batch too large", code="BODY_TOO_LARGE")
+        raws = decode(body, list[bytes])
+        if len(raws) > MAX_BATCH_TXS:
+            raise InvalidInput("too many transactions in one batch", code="BATCH_TOO_LARGE")
+        out: list[dict[str, Any]] = []
+        accepted: list[tuple[int, bytes]] = []
+        for raw in raws:
+            try:
+                stx = node.submit(raw)
+            except MedLedgerError as exc:
+                out.append({"status": "rejected", "error": exc.to_dict()})
+                continue
+            accepted.append((len(out), stx.hash))
+            out.append({"tx_hash": stx.hash.hex(), "status": "accepted"})
+        if wait and accepted:
+            receipts = await asyncio.gather(
+                *(node.wait_for(h, min(timeout, MAX_WAIT_S)) for _, h in accepted),
+                return_exceptions=True,
+            )
+            for (i, _), r in zip(accepted, receipts, strict=True):
+                if isinstance(r, Receipt):
+                    out[i] = receipt_json(r)
+                elif isinstance(r, MedLedgerError):
+                    out[i] = {"status": "failed", "error": r.to_dict()}
+        return {"results": out}
+
+    @app.get("/api/v1/txs/{tx_hash}")
+    async def get_tx(tx_hash: str) -> dict[str, Any]:
+        h = parse_hash(tx_hash)
+        receipt = node.receipt(h)
+        if receipt is not None:
+            return receipt_json(receipt)
+        if h in node.mempool:
+            return {"tx_hash": tx_hash, "status": "pending"}
+        raise NotFound("transaction is unknown to this node", code="TX_NOT_FOUND")
+
+    # ---- identities and accounts -----------------------------------------------------------
+
+    @app.get("/api/v1/identities/{identity_id}")
+    async def get_identity(
+        identity_id: str, caller: Caller = Depends(caller_dep)
+    ) -> dict[str, Any]:
+        ident = node.app.query_identity(check_id(identity_id))
+        if ident is None:
+            raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
+        return identity_json(ident)
+
+    @app.get("/api/v1/accounts/{identity_id}/nonce")
+    async def get_nonce(identity_id: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        return {"id": identity_id, "next_nonce": node.next_nonce(check_id(identity_id))}
+
+    # ---- records ---------------------------------------------------------------------------------
+
+    @app.get("/api/v1/records")
+    async def list_records(patient: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        check_id(patient)
+        decision = access.may_list_records(caller.identity, patient)
+        if not decision.allowed:
+            raise Forbidden(decision.reason, code="ACCESS_DENIED")
+        records = []
+        for key, _ in node.reader.scan_prefix(p_patient_records(patient)):
+            record_id = key.rsplit(b"/", 1)[1].decode()
+            meta = node.app.query_record(record_id)
+            if meta is not None and access.may_view_metadata(caller.identity, meta):
+                records.append(record_json(meta))
+        records.sort(key=lambda r: (r["height"], r["record_id"]))
+        return {"patient": patient, "records": records}
+
+    @app.get("/api/v1/records/{record_id}")
+    async def get_record(record_id: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        meta = visible_record(record_id, caller)
+        return record_json(meta)
+
+    @app.get("/api/v1/records/{record_id}/proof")
+    async def record_proof(record_id: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        """The record's on-chain entry with a state proof against the latest signed header."""
+        visible_record(record_id, caller)
+        async with node.block_lock:
+            header = node.last_header
+            if header is None:
+                raise NotFound("no block committed yet", code="BLOCK_NOT_FOUND")
+            key = k_record(record_id)
+            proof = node.app.tree.prove(key)
+            value = node.state.get(key)
+            stored = node.reader.get_block(header.height)
+        return {
+            "height": header.height,
+            "key": key.hex(),
+            "value": value.hex() if value is not None else None,
+            "proof": msgspec.msgpack.encode(proof).hex(),
+            "signed_header": msgspec.msgpack.encode(
+                SignedHeader(header=header, commit=stored.commit)
+            ).hex(),
+        }
+
+    def visible_record(record_id: str, caller: Caller) -> RecordMeta:
+        if not is_record_id(record_id):
+            raise InvalidInput("not a record ID", code="BAD_RECORD_ID")
+        meta = node.app.query_record(record_id)
+        if meta is None:
+            raise NotFound("record not found", code="RECORD_NOT_FOUND")
+        if not access.may_view_metadata(caller.identity, meta):
+            raise Forbidden("record metadata is not visible to this caller", code="ACCESS_DENIED")
+        return meta
+
+    # ---- storage ---------------------------------------------------------------------------------
+
+    @app.post("/api/v1/storage/objects", status_code=201)
+    async def upload(request: Request) -> dict[str, Any]:
+        """Stream encrypted chunks (frames C...) then the manifest (frame M)."""
+        caller = await authenticate(request, streamed=True)
+        if caller.identity.role not in WRITER_ROLES:
+            raise Forbidden(
+                f"role {caller.identity.role} may not store content", code="ACCESS_DENIED"
+            )
+        parser = framing.FrameParser(MAX_CHUNK_SIZE + 64)
+        received: dict[str, int] = {}
+        new: list[str] = []
+        manifest_bytes: bytes | None = None
+        ok = False
+        try:
+            async for piece in request.stream():
+                for kind, payload in parser.feed(piece):
+                    if manifest_bytes is not None:
+                        raise InvalidInput("data after the manifest", code="BAD_FRAME")
+                    if kind == framing.CHUNK:
+                        cid = cid_of(payload)
+                        if await asyncio.to_thread(node.chunks.put, cid, payload):
+                            new.append(cid)
+                        received[cid] = len(payload)
+                        node.metrics.bytes_stored.inc(len(payload))
+                    elif kind == framing.MANIFEST:
+                        manifest_bytes = payload
+                    else:
+                        raise InvalidInput("unexpected frame in upload", code="BAD_FRAME")
+            if manifest_bytes is None or parser.pending:
+                raise InvalidInput("upload ended before its manifest", code="UPLOAD_TRUNCATED")
+            manifest = decode_manifest(manifest_bytes)
+            for ref in manifest.chunks:
+                size = received.get(ref.cid)
+                if size is None and not node.chunks.has(ref.cid):
+                    raise InvalidInput(
+                        "manifest names a chunk that was not uploaded", code="UPLOAD_INCOMPLETE"
+                    )
+                if size is not None and size != ref.size:
+                    raise InvalidInput("chunk size differs from the manifest", code="BAD_MANIFEST")
+            manifest_cid = cid_of(manifest_bytes)
+            await asyncio.to_thread(node.chunks.put, manifest_cid, manifest_bytes)
+            await asyncio.to_thread(node.chunks.sync, [*new, manifest_cid])
+            ok = True
+        finally:
+            if not ok:
+                for cid in new:
+                    node.chunks.delete(cid)
+        log.info("storage.stored", chunks=len(manifest.chunks), bytes=manifest.size)
+        return {
+            "manifest_cid": manifest_cid,
+            "size": manifest.size,
+            "chunk_count": len(manifest.chunks),
+            "new_chunks": len(new),
+        }
+
+    @app.get("/api/v1/storage/records/{record_id}")
+    async def download(
+        record_id: str, access_tx: str, caller: Caller = Depends(caller_dep)
+    ) -> StreamingResponse:
+        """Stream a record's manifest and encrypted chunks after a committed, allowed read."""
+        meta = gate(record_id, access_tx, caller)
+        manifest_bytes = node.chunks.get(meta.content_hash)
+        manifest = decode_manifest(manifest_bytes)
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield framing.frame(framing.MANIFEST, manifest_bytes)
+            for ref in manifest.chunks:
+                try:
+                    data = await asyncio.to_thread(node.chunks.get, ref.cid)
+                except MedLedgerError as exc:
+                    log.error("storage.read_failed", code=exc.code, record_id=record_id)
+                    yield framing.frame(framing.ERROR, msgspec.json.encode(exc.to_dict()))
+                    return
+                node.metrics.bytes_served.inc(len(data))
+                yield framing.frame_header(framing.CHUNK, len(data)) + data
+
+        return StreamingResponse(frames(), media_type="application/vnd.medledger.frames")
+
+    # ---- custody ----------------------------------------------------------------------------------
+
+    @app.post("/api/v1/custody/deposits", status_code=201)
+    async def deposit(
+        caller: Caller = Depends(caller_dep), doc: dict[str, Any] = Depends(json_body)
+    ) -> dict[str, Any]:
+        if caller.identity.role not in WRITER_ROLES:
+            raise Forbidden(
+                f"role {caller.identity.role} may not deposit keys", code="ACCESS_DENIED"
+            )
+        try:
+            manifest_cid = str(doc["manifest_cid"])
+            sealed = bytes.fromhex(str(doc["sealed_key"]))
+        except (KeyError, ValueError):
+            raise InvalidInput(
+                "deposit needs manifest_cid and sealed_key (hex)", code="BAD_DEPOSIT"
+            )
+        if not node.chunks.has(manifest_cid):
+            raise NotFound(
+                "content must be stored before its key is deposited", code="CONTENT_NOT_STORED"
+            )
+        node.custodian.deposit(caller.identity.id, manifest_cid, sealed)
+        return {"manifest_cid": manifest_cid, "custodian": node.custodian.public_key.hex()}
+
+    @app.post("/api/v1/custody/release")
+    async def release(
+        caller: Caller = Depends(caller_dep), doc: dict[str, Any] = Depends(json_body)
+    ) -> dict[str, Any]:
+        try:
+            record_id = str(doc["record_id"])
+            access_tx = str(doc["access_tx"])
+        except KeyError:
+            raise InvalidInput("release needs record_id and access_tx", code="BAD_REQUEST")
+        try:
+            meta = gate(record_id, access_tx, caller)
+        except MedLedgerError as exc:
+            node.metrics.key_releases.labels(outcome="refused").inc()
+            raise exc
+        sealed = node.custodian.release(meta.creator, meta.content_hash, caller.public_key)
+        node.metrics.key_releases.labels(outcome="released").inc()
+        log.info("custody.released", record_id=record_id, requester=caller.identity.id)
+        return {"record_id": record_id, "sealed_key": sealed.hex()}
+
+    def gate(record_id: str, access_tx: str, caller: Caller) -> RecordMeta:
+        if not is_record_id(record_id):
+            raise InvalidInput("not a record ID", code="BAD_RECORD_ID")
+        meta = node.app.query_record(record_id)
+        if meta is None:
+            raise NotFound("record not found", code="RECORD_NOT_FOUND")
+        receipt = node.receipt(parse_hash(access_tx))
+        if receipt is None:
+            raise Forbidden("the access event is not committed", code="ACCESS_NOT_COMMITTED")
+        block = node.reader.get_block(receipt.height)
+        stx = decode_envelope(block.txs[receipt.index])
+        latest = node.last_header.time_ms if node.last_header else block.header.time_ms
+        check_release(
+            AccessProof(
+                tx=stx.tx,
+                result=receipt.result,
+                block_time_ms=block.header.time_ms,
+                latest_time_ms=max(latest, now_ms()),
+            ),
+            record_id=record_id,
+            requester=caller.identity.id,
+            ttl_ms=node.params.access_grant_ttl_ms,
+        )
+        return meta
+
+    # ---- audit -------------------------------------------------------------------------------------
+
+    def audit_subject(subject: str, caller: Caller) -> None:
+        check_id(subject)
+        ident = node.app.query_identity(subject)
+        if ident is None:
+            raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
+        decision = access.may_view_audit(caller.identity, ident)
+        if not decision.allowed:
+            raise Forbidden(decision.reason, code="ACCESS_DENIED")
+
+    @app.get("/api/v1/audit")
+    async def audit(subject: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        audit_subject(subject, caller)
+        events = []
+        cache: dict[int, Any] = {}
+        for height, idx, ev in node.reader.audit_positions(subject):
+            block = cache.get(height) or cache.setdefault(height, node.reader.get_block(height))
+            e: Event = block.results[idx].events[ev]
+            events.append(
+                {
+                    "height": height,
+                    "time_ms": block.header.time_ms,
+                    "tx_index": idx,
+                    "tx_hash": decode_envelope(block.txs[idx]).hash.hex(),
+                    **event_json(e),
+                }
+            )
+        return {"subject": subject, "events": events}
+
+    @app.get("/api/v1/audit/proof")
+    async def audit_proof(subject: str, caller: Caller = Depends(caller_dep)) -> Response:
+        """A proof bundle (binary) of every audit event about ``subject``."""
+        audit_subject(subject, caller)
+        entries: list[AuditProofEntry] = []
+        headers: dict[int, SignedHeader] = {}
+        seen: set[tuple[int, int]] = set()
+        for height, idx, _ev in node.reader.audit_positions(subject):
+            if (height, idx) in seen:
+                continue
+            seen.add((height, idx))
+            block = node.reader.get_block(height)
+            tx_leaves = [leaf_hash(t) for t in block.txs]
+            hashes = [decode_envelope(t).hash for t in block.txs]
+            res_leaves = [
+                leaf_hash(result_leaf(h, r)) for h, r in zip(hashes, block.results, strict=True)
+            ]
+            entries.append(
+                AuditProofEntry(
+                    height=height,
+                    tx_index=idx,
+                    tx=block.txs[idx],
+                    tx_path=inclusion_proof(tx_leaves, idx),
+                    result=block.results[idx],
+                    result_path=inclusion_proof(res_leaves, idx),
+                )
+            )
+            headers[height] = SignedHeader(header=block.header, commit=block.commit)
+        bundle = AuditProofBundle(
+            chain_id=node.genesis.chain_id,
+            subject=subject,
+            validators=node.validators,
+            headers=[headers[h] for h in sorted(headers)],
+            entries=entries,
+        )
+        return Response(encode_bundle(bundle), media_type="application/vnd.medledger.proof")
+
+    # ---- blocks ------------------------------------------------------------------------------------
+
+    @app.get("/api/v1/blocks/{height}")
+    async def get_block(height: int, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        block = node.reader.get_block(height)
+        return {
+            "header": header_json(block.header),
+            "hash": block.header.hash().hex(),
+            "tx_hashes": [decode_envelope(t).hash.hex() for t in block.txs],
+            "commit_signatures": len(block.commit.signatures),
+        }
+
+    return app
+
+
+# ---- JSON shapes -------------------------------------------------------------------------------------
+
+
+def parse_hash(value: str) -> bytes:
+    try:
+        h = bytes.fromhex(value)
+    except ValueError:
+        raise InvalidInput("not a hex hash", code="BAD_HASH")
+    if len(h) != 32:
+        raise InvalidInput("a hash is 32 bytes", code="BAD_HASH")
+    return h
+
+
+def check_id(value: str) -> str:
+    if not is_identity_id(value):
+        raise InvalidInput("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
+    return value
+
+
+def cid_of(data: bytes) -> str:
+    from medledger.crypto.cid import cid_for
+
+    return cid_for(data)
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {
+        "action": e.action,
+        "actor": e.actor,
+        "subject": e.subject,
+        "record_id": e.record_id or None,
+        "outcome": e.outcome,
+        "detail": e.detail,
+    }
+
+
+def receipt_json(r: Receipt) -> dict[str, Any]:
+    return result_json(r.tx_hash, r.height, r.index, r.result)
+
+
+def result_json(tx_hash: bytes, height: int, index: int, result: TxResult) -> dict[str, Any]:
+    return {
+        "tx_hash": tx_hash.hex(),
+        "status": "committed",
+        "height": height,
+        "index": index,
+        "code": result.code,
+        "message": result.message,
+        "data": dict(result.data),
+        "events": [event_json(e) for e in result.events],
+    }
+
+
+def identity_json(i: Identity) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "role": i.role,
+        "institution": i.institution,
+        "status": i.status,
+        "enrolled_height": i.enrolled_height,
+        "enrolled_by": i.enrolled_by,
+    }
+
+
+def record_json(m: RecordMeta) -> dict[str, Any]:
+    return {
+        "record_id": m.record_id,
+        "patient": m.patient,
+        "type": m.type,
+        "content_hash": m.content_hash,
+        "size": m.size,
+        "chunk_count": m.chunk_count,
+        "storage": m.storage,
+        "institution": m.institution,
+        "creator": m.creator,
+        "created_ms": m.created_ms,
+        "height": m.height,
+    }
+
+
+def header_json(h: Header) -> dict[str, Any]:
+    return {
+        "chain_id": h.chain_id,
+        "height": h.height,
+        "time_ms": h.time_ms,
+        "prev_hash": h.prev_hash.hex(),
+        "tx_root": h.tx_root.hex(),
+        "results_root": h.results_root.hex(),
+        "app_hash": h.app_hash.hex(),
+        "validators_hash": h.validators_hash.hex(),
+        "proposer": h.proposer,
+        "tx_count": h.tx_count,
+    }
+
+
+_ = (IntegrityError, time)

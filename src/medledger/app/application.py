@@ -1,0 +1,392 @@
+"""The deterministic application ("system contracts"), behind an ABCI-shaped boundary.
+
+``check_tx`` admits transactions to the mempool, ``finalize_block`` executes a
+block into a pending overlay and returns results and the app hash,
+``commit`` hands the pending writes to the store, ``query`` reads committed
+state (optionally with a proof). No I/O, no clock: block time comes in the
+block context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from medledger.app import access
+from medledger.app.model import (
+    ACTIVE,
+    ENROLL,
+    INSTITUTION_RE,
+    PURPOSES,
+    READ_RECORD,
+    RECORD_TYPE_RE,
+    REGISTER_RECORD,
+    ROLES,
+    SUSPEND,
+    SUSPENDED,
+    EnrollBody,
+    Identity,
+    Institution,
+    ReadRecordBody,
+    RecordMeta,
+    RegisterRecordBody,
+    Role,
+    SuspendBody,
+    is_record_id,
+    k_identity,
+    k_institution,
+    k_nonce,
+    k_patient_record,
+    k_record,
+    record_id_for,
+)
+from medledger.app.state import StateView
+from medledger.codec import Record, decode_canonical, encode
+from medledger.crypto.cid import is_cid
+from medledger.crypto.keys import is_identity_id
+from medledger.errors import AuthError, InvalidTransaction, MedLedgerError
+from medledger.ledger.block import Event, TxResult
+from medledger.ledger.genesis import Genesis
+from medledger.ledger.statetree import StateTree
+from medledger.ledger.tx import SignedTx
+
+# Execution failures that still belong on chain: the attempt itself is audited.
+INCLUDED_FAILURES = frozenset({"ACCESS_DENIED"})
+
+MAX_SIZE = 1 << 48
+MAX_STORAGE_LEN = 256
+MAX_REASON_LEN = 512
+
+
+@dataclass(frozen=True, slots=True)
+class BlockContext:
+    height: int
+    time_ms: int
+    proposer: str
+
+
+@dataclass(slots=True)
+class FinalizedBlock:
+    results: list[TxResult]
+    app_hash: bytes
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+class ExecError(MedLedgerError):
+    """A transaction that executes to a failure result (nothing written)."""
+
+    default_code = "TX_FAILED"
+
+
+class Application:
+    def __init__(self, genesis: Genesis, committed: Callable[[bytes], bytes | None]) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self._committed = committed
+        self.tree = StateTree()
+        self._pending: FinalizedBlock | None = None
+        self._handlers: dict[str, tuple[type[Record], Callable[..., TxResult]]] = {
+            ENROLL: (EnrollBody, self._enroll),
+            SUSPEND: (SuspendBody, self._suspend),
+            REGISTER_RECORD: (RegisterRecordBody, self._register_record),
+            READ_RECORD: (ReadRecordBody, self._read_record),
+        }
+
+    # ---- genesis -------------------------------------------------------------------
+
+    def genesis_writes(self) -> dict[bytes, bytes | None]:
+        view = StateView(lambda _k: None)
+        for inst in self.genesis.institutions:
+            if not INSTITUTION_RE.match(inst.name):
+                raise InvalidTransaction(
+                    f"bad institution name {inst.name!r}", code="GENESIS_INVALID"
+                )
+            view.put(k_institution(inst.name), Institution(name=inst.name, admin_id=inst.admin_id))
+            view.put(
+                k_identity(inst.admin_id),
+                Identity(
+                    id=inst.admin_id,
+                    role=Role.ADMIN.value,
+                    institution=inst.name,
+                    status=ACTIVE,
+                    enrolled_height=0,
+                    enrolled_by="genesis",
+                ),
+            )
+        return view.writes
+
+    def load_tree(self, items: list[tuple[bytes, bytes]]) -> bytes:
+        self.tree = StateTree()
+        self.tree.load(items)
+        return self.tree.root()
+
+    # ---- ABCI-shaped boundary ------------------------------------------------------
+
+    def committed_view(self) -> StateView:
+        return StateView(self._committed)
+
+    def next_nonce(self, sender: str) -> int:
+        raw = self._committed(k_nonce(sender))
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def check_tx(self, stx: SignedTx, expected_nonce: int, now_ms: int) -> None:
+        """Admission check against committed state; raises a typed error.
+
+        The signature must already be verified by the caller (exactly once).
+        ``expected_nonce`` is the committed nonce plus this sender's pending
+        transactions in the mempool.
+        """
+        tx = stx.tx
+        if tx.chain_id != self.chain_id:
+            raise InvalidTransaction(
+                f"transaction is for chain {tx.chain_id!r}, this is {self.chain_id!r}",
+                code="WRONG_CHAIN",
+            )
+        self._check_nonce(tx.nonce, expected_nonce)
+        view = self.committed_view()
+        sender = self._active_sender(view, tx.sender)
+        ctx = BlockContext(height=-1, time_ms=now_ms, proposer="")
+        result = self._run(view, ctx, stx, sender)
+        if not result.ok and result.code not in INCLUDED_FAILURES:
+            raise InvalidTransaction(result.message, code=result.code)
+
+    def finalize_block(self, ctx: BlockContext, txs: list[SignedTx]) -> FinalizedBlock:
+        """Execute ``txs`` in order; signatures must be verified already."""
+        view = self.committed_view()
+        results: list[TxResult] = []
+        for stx in txs:
+            results.append(self._deliver(view, ctx, stx))
+        for key, value in view.writes.items():
+            self.tree.set(key, value)
+        app_hash = self.tree.root()
+        self._pending = FinalizedBlock(results=results, app_hash=app_hash, writes=view.writes)
+        return self._pending
+
+    def commit(self) -> dict[bytes, bytes | None]:
+        """Accept the last finalized block; return the writes to persist."""
+        if self._pending is None:
+            raise RuntimeError("commit without finalize_block")
+        writes = self._pending.writes
+        self._pending = None
+        return writes
+
+    def query_identity(self, id_: str) -> Identity | None:
+        return self.committed_view().get(k_identity(id_), Identity)
+
+    def query_record(self, record_id: str) -> RecordMeta | None:
+        return self.committed_view().get(k_record(record_id), RecordMeta)
+
+    # ---- execution -----------------------------------------------------------------
+
+    @staticmethod
+    def _check_nonce(nonce: int, expected: int) -> None:
+        if nonce < expected:
+            raise InvalidTransaction(
+                f"nonce {nonce} was already used (next is {expected})", code="NONCE_REPLAY"
+            )
+        if nonce > expected:
+            raise InvalidTransaction(
+                f"nonce {nonce} is ahead of the next nonce {expected}", code="NONCE_GAP"
+            )
+
+    def _active_sender(self, view: StateView, sender_id: str) -> Identity:
+        sender = view.get(k_identity(sender_id), Identity)
+        if sender is None:
+            raise AuthError("sender is not an enrolled identity", code="UNKNOWN_IDENTITY")
+        if sender.status != ACTIVE:
+            raise AuthError("sender identity is suspended", code="IDENTITY_SUSPENDED")
+        return sender
+
+    def _deliver(self, view: StateView, ctx: BlockContext, stx: SignedTx) -> TxResult:
+        tx = stx.tx
+        try:
+            if tx.chain_id != self.chain_id:
+                raise InvalidTransaction("wrong chain", code="WRONG_CHAIN")
+            nonce_raw = view.get_raw(k_nonce(tx.sender))
+            expected = 0 if nonce_raw is None else int.from_bytes(nonce_raw, "big")
+            self._check_nonce(tx.nonce, expected)
+            sender = self._active_sender(view, tx.sender)
+        except MedLedgerError as exc:
+            return TxResult(code=exc.code, message=exc.message, events=[], data={})
+        # The nonce is consumed by any authentic, in-order transaction.
+        view.put(k_nonce(tx.sender), (tx.nonce + 1).to_bytes(8, "big"))
+        return self._run(view, ctx, stx, sender)
+
+    def _run(self, view: StateView, ctx: BlockContext, stx: SignedTx, sender: Identity) -> TxResult:
+        handler = self._handlers.get(stx.tx.kind)
+        if handler is None:
+            return _fail("UNKNOWN_TX_KIND", f"unknown transaction kind {stx.tx.kind!r}")
+        body_type, fn = handler
+        try:
+            body = decode_canonical(stx.tx.body, body_type)
+        except MedLedgerError as exc:
+            return _fail("TX_MALFORMED", f"{stx.tx.kind} body: {exc.message}")
+        child = view.child()
+        try:
+            result: TxResult = fn(child, ctx, stx, sender, body)
+        except ExecError as exc:
+            return _fail(exc.code, exc.message)
+        if result.ok or result.code in INCLUDED_FAILURES:
+            view.merge(child)
+        return result
+
+    # identity.enroll
+    def _enroll(
+        self, view: StateView, ctx: BlockContext, stx: SignedTx, sender: Identity, body: EnrollBody
+    ) -> TxResult:
+        _require(access.may_manage(sender, sender.institution), "NOT_AUTHORIZED")
+        if not is_identity_id(body.id):
+            raise ExecError("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
+        if body.role not in ROLES:
+            raise ExecError(f"unknown role {body.role!r}", code="BAD_ROLE")
+        if view.get_raw(k_identity(body.id)) is not None:
+            raise ExecError("identity is already enrolled", code="ALREADY_ENROLLED")
+        view.put(
+            k_identity(body.id),
+            Identity(
+                id=body.id,
+                role=body.role,
+                institution=sender.institution,
+                status=ACTIVE,
+                enrolled_height=ctx.height,
+                enrolled_by=sender.id,
+            ),
+        )
+        ev = Event(
+            action="enroll",
+            actor=sender.id,
+            subject=body.id,
+            record_id="",
+            outcome="ok",
+            detail=f"role={body.role} institution={sender.institution}",
+        )
+        return _ok([ev], {"id": body.id, "role": body.role, "institution": sender.institution})
+
+    # identity.suspend
+    def _suspend(
+        self, view: StateView, ctx: BlockContext, stx: SignedTx, sender: Identity, body: SuspendBody
+    ) -> TxResult:
+        target = view.get(k_identity(body.id), Identity)
+        if target is None:
+            raise ExecError("identity is not enrolled", code="UNKNOWN_IDENTITY")
+        _require(access.may_manage(sender, target.institution), "NOT_AUTHORIZED")
+        if target.id == sender.id:
+            raise ExecError("an admin cannot suspend itself", code="CANNOT_SUSPEND_SELF")
+        if target.status == SUSPENDED:
+            raise ExecError("identity is already suspended", code="ALREADY_SUSPENDED")
+        if len(body.reason) > MAX_REASON_LEN:
+            raise ExecError("reason is too long", code="TX_MALFORMED")
+        view.put(
+            k_identity(target.id),
+            Identity(
+                id=target.id,
+                role=target.role,
+                institution=target.institution,
+                status=SUSPENDED,
+                enrolled_height=target.enrolled_height,
+                enrolled_by=target.enrolled_by,
+            ),
+        )
+        ev = Event(
+            action="suspend",
+            actor=sender.id,
+            subject=target.id,
+            record_id="",
+            outcome="ok",
+            detail=body.reason,
+        )
+        return _ok([ev], {"id": target.id})
+
+    # record.register
+    def _register_record(
+        self,
+        view: StateView,
+        ctx: BlockContext,
+        stx: SignedTx,
+        sender: Identity,
+        body: RegisterRecordBody,
+    ) -> TxResult:
+        patient = view.get(k_identity(body.patient), Identity)
+        if patient is None:
+            raise ExecError("patient is not an enrolled identity", code="UNKNOWN_PATIENT")
+        _require(access.may_write_for(sender, patient), "NOT_AUTHORIZED")
+        if not RECORD_TYPE_RE.match(body.type):
+            raise ExecError("record type must match [a-z][a-z0-9_.-]{0,31}", code="BAD_RECORD_TYPE")
+        if not is_cid(body.content_hash):
+            raise ExecError("content hash is not a CIDv1", code="BAD_CID")
+        if not 0 <= body.size < MAX_SIZE or not 0 <= body.chunk_count < MAX_SIZE:
+            raise ExecError("size out of range", code="TX_MALFORMED")
+        if not 0 < len(body.storage) <= MAX_STORAGE_LEN:
+            raise ExecError("storage location missing or too long", code="TX_MALFORMED")
+        record_id = record_id_for(stx.hash)
+        meta = RecordMeta(
+            record_id=record_id,
+            patient=patient.id,
+            type=body.type,
+            content_hash=body.content_hash,
+            size=body.size,
+            chunk_count=body.chunk_count,
+            storage=body.storage,
+            institution=sender.institution,
+            creator=sender.id,
+            created_ms=ctx.time_ms,
+            height=ctx.height,
+        )
+        view.put(k_record(record_id), meta)
+        view.put(k_patient_record(patient.id, record_id), b"")
+        ev = Event(
+            action="write",
+            actor=sender.id,
+            subject=patient.id,
+            record_id=record_id,
+            outcome="ok",
+            detail=f"type={body.type} size={body.size}",
+        )
+        return _ok([ev], {"record_id": record_id})
+
+    # record.read: the access event; custody releases the key only for an allowed one.
+    def _read_record(
+        self,
+        view: StateView,
+        ctx: BlockContext,
+        stx: SignedTx,
+        sender: Identity,
+        body: ReadRecordBody,
+    ) -> TxResult:
+        if not is_record_id(body.record_id):
+            raise ExecError("not a record ID", code="BAD_RECORD_ID")
+        if body.purpose not in PURPOSES:
+            raise ExecError(f"unknown purpose {body.purpose!r}", code="BAD_PURPOSE")
+        record = view.get(k_record(body.record_id), RecordMeta)
+        if record is None:
+            raise ExecError("record not found", code="RECORD_NOT_FOUND")
+        decision = access.decide_read(sender, record)
+        ev = Event(
+            action="read",
+            actor=sender.id,
+            subject=record.patient,
+            record_id=record.record_id,
+            outcome="allowed" if decision.allowed else "denied",
+            detail=f"purpose={body.purpose}; {decision.reason}",
+        )
+        data = {"record_id": record.record_id, "outcome": ev.outcome}
+        if not decision.allowed:
+            return TxResult(code="ACCESS_DENIED", message=decision.reason, events=[ev], data=data)
+        return _ok([ev], data)
+
+
+def _ok(events: list[Event], data: dict[str, str]) -> TxResult:
+    return TxResult(code="OK", message="", events=events, data=data)
+
+
+def _fail(code: str, message: str) -> TxResult:
+    return TxResult(code=code, message=message, events=[], data={})
+
+
+def _require(decision: access.Decision, code: str) -> None:
+    if not decision.allowed:
+        raise ExecError(decision.reason, code=code)
+
+
+def encode_value(value: Record) -> bytes:
+    return encode(value)

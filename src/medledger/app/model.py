@@ -1,0 +1,128 @@
+"""State values, transaction bodies and state keys of the application.
+
+Keys are versioned (``v1/``) so a later layout can live beside this one.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from medledger.codec import Record
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    CLINICIAN = "clinician"
+    PATIENT = "patient"
+    RESEARCHER = "researcher"
+    REGULATOR = "regulator"
+    PHARMACY = "pharmacy"
+    INSURER = "insurer"
+    SERVICE = "service"
+
+
+ROLES = frozenset(r.value for r in Role)
+
+ACTIVE = "active"
+SUSPENDED = "suspended"
+
+
+class Identity(Record, frozen=True):
+    id: str
+    role: str
+    institution: str
+    status: str
+    enrolled_height: int
+    enrolled_by: str
+
+
+class Institution(Record, frozen=True):
+    name: str
+    admin_id: str
+
+
+class RecordMeta(Record, frozen=True):
+    record_id: str
+    patient: str
+    type: str
+    content_hash: str  # CID of the storage manifest
+    size: int
+    chunk_count: int
+    storage: str
+    institution: str
+    creator: str
+    created_ms: int
+    height: int
+
+
+# ---- transaction kinds and bodies -------------------------------------------------
+
+ENROLL = "identity.enroll"
+SUSPEND = "identity.suspend"
+REGISTER_RECORD = "record.register"
+READ_RECORD = "record.read"
+
+
+class EnrollBody(Record, frozen=True):
+    id: str
+    role: str
+
+
+class SuspendBody(Record, frozen=True):
+    id: str
+    reason: str
+
+
+class RegisterRecordBody(Record, frozen=True):
+    patient: str
+    type: str
+    content_hash: str
+    size: int
+    chunk_count: int
+    storage: str
+
+
+class ReadRecordBody(Record, frozen=True):
+    record_id: str
+    purpose: str
+
+
+# ---- keys ---------------------------------------------------------------------------
+
+
+def k_identity(id_: str) -> bytes:
+    return b"v1/id/" + id_.encode()
+
+
+def k_nonce(id_: str) -> bytes:
+    return b"v1/nonce/" + id_.encode()
+
+
+def k_institution(name: str) -> bytes:
+    return b"v1/inst/" + name.encode()
+
+
+def k_record(record_id: str) -> bytes:
+    return b"v1/rec/" + record_id.encode()
+
+
+def k_patient_record(patient: str, record_id: str) -> bytes:
+    return b"v1/prec/" + patient.encode() + b"/" + record_id.encode()
+
+
+def p_patient_records(patient: str) -> bytes:
+    return b"v1/prec/" + patient.encode() + b"/"
+
+
+RECORD_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+INSTITUTION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+PURPOSES = frozenset({"treatment", "patient-access", "research", "insurance", "referral", "audit"})
+
+
+def record_id_for(tx_hash: bytes) -> str:
+    return "r" + tx_hash[:16].hex()
+
+
+def is_record_id(value: str) -> bool:
+    return len(value) == 33 and value[0] == "r" and all(c in "0123456789abcdef" for c in value[1:])

@@ -1,0 +1,99 @@
+"""``medledger demo``: a local consortium with sample identities and records."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from medledger.cli import consortium
+from medledger.client import Client
+from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
+from medledger.errors import Forbidden
+
+PEOPLE = [
+    ("doctor", "clinician"),
+    ("patient", "patient"),
+    ("researcher", "researcher"),
+    ("regulator", "regulator"),
+    ("pacs", "service"),
+]
+
+
+def _key(path: Path) -> PrivateKey:
+    if path.exists():
+        return load_key_file(path)
+    key = PrivateKey.generate()
+    save_key_file(path, key)
+    return key
+
+
+def run_demo(root: Path, institutions: int, out: Console) -> None:
+    fresh = not (root / "genesis.json").exists()
+    if fresh:
+        out.print(f"[bold]Creating a {institutions}-institution consortium in {root}[/]")
+        consortium.init_consortium(root, institutions)
+    nodes = consortium.up(root)
+    first = nodes[0]
+    api = first["api"]
+    inst = root / first["name"]
+    admin = load_key_file(inst / "admin.key")
+    people = root / "people"
+    keys = {name: _key(people / f"{name}.key") for name, _ in PEOPLE}
+    samples = root / "samples"
+    samples.mkdir(exist_ok=True)
+    note = samples / "discharge-note.txt"
+    note.write_text(
+        "Discharge summary (synthetic sample, no real patient)\n"
+        "Diagnosis: community-acquired pneumonia, resolved.\n"
+        "Plan: follow-up chest X-ray in 6 weeks.\n"
+    )
+    xray = samples / "chest-xray.bin"
+    if not xray.exists():
+        xray.write_bytes(os.urandom(3 * 1024 * 1024 + 1234))
+
+    with Client(api, admin) as c:
+        for name, role in PEOPLE:
+            if c.get_json(f"/api/v1/accounts/{keys[name].id}/nonce") and _enrolled(
+                c, keys[name].id
+            ):
+                continue
+            c.enroll(keys[name].id, role)
+            out.print(f"enrolled {name:<10} {keys[name].id} as {role}")
+    patient = keys["patient"].id
+    with Client(api, keys["doctor"]) as doc:
+        r1 = doc.put_record(note, patient=patient, record_type="note")
+        r2 = doc.put_record(xray, patient=patient, record_type="imaging")
+    out.print(f"doctor stored record {r1.record_id} (note) and {r2.record_id} (imaging)")
+    with Client(api, keys["patient"]) as pt:
+        pt.get_record(
+            r1.record_id, samples / "note-as-read-by-patient.txt", purpose="patient-access"
+        )
+    out.print("patient read the note back: samples/note-as-read-by-patient.txt")
+    with Client(api, keys["researcher"]) as rs:
+        try:
+            rs.get_record(r2.record_id, samples / "denied.bin", purpose="research")
+        except Forbidden as exc:
+            out.print(f"researcher was denied, and the denial is on the ledger ({exc.code})")
+    d = str(root)
+    out.print()
+    out.print("[bold]The consortium is running.[/] Try:")
+    out.print(f"  medledger status --dir {d}")
+    out.print(f"  export MEDLEDGER_NODE={api}")
+    out.print(f"  medledger record ls --patient {patient} --as {d}/people/patient.key")
+    out.print(
+        f"  medledger audit --patient {patient} --as {d}/people/patient.key --proof-out audit.proof"
+    )
+    out.print("  medledger proof verify audit.proof")
+    out.print(f"  medledger record get {r2.record_id} --out xray.bin --as {d}/people/doctor.key")
+    out.print(f"  API docs: {api}/api/v1/docs   metrics: {api}/metrics")
+    out.print("  Stop it with: make down")
+
+
+def _enrolled(c: Client, identity_id: str) -> bool:
+    try:
+        c.identity(identity_id)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,469 @@
+"""``medledger``: the command line.
+
+Every command that prints data takes ``--json``. Errors go to stderr as
+``error: CODE: message`` with exit status 1 (2 for usage errors). Commands that
+talk to a node take ``--node URL`` and ``--as KEY_FILE`` (or ``MEDLEDGER_NODE``
+and ``MEDLEDGER_KEY``). Commands that submit a transaction return once it is
+committed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from medledger.cli import consortium
+from medledger.client import Client
+from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
+from medledger.errors import InvalidInput, MedLedgerError
+
+app = typer.Typer(
+    name="medledger",
+    help="MedLedger: a consortium blockchain for medical records and images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create and inspect identity keys.", no_args_is_help=True)
+identity_app = typer.Typer(
+    help="Enroll and suspend identities (institution admins).", no_args_is_help=True
+)
+record_app = typer.Typer(help="Store, list and read medical records.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a node.", no_args_is_help=True)
+proof_app = typer.Typer(help="Verify proofs offline.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(identity_app, name="identity")
+app.add_typer(record_app, name="record")
+app.add_typer(node_app, name="node")
+app.add_typer(proof_app, name="proof")
+
+out = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NodeOpt = Annotated[
+    str,
+    typer.Option("--node", envvar="MEDLEDGER_NODE", help="Node API base URL.", show_default=False),
+]
+AsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--as", envvar="MEDLEDGER_KEY", help="Key file of the identity acting.", show_default=False
+    ),
+]
+DirOpt = Annotated[Path, typer.Option("--dir", help="Consortium directory.")]
+
+
+def emit(doc: Any, as_json: bool, human: Callable[[], None] | None = None) -> None:
+    if as_json or human is None:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        human()
+
+
+@contextmanager
+def client_for(node: str, key_file: Path) -> Iterator[Client]:
+    if not node:
+        raise InvalidInput("no node given (--node URL or MEDLEDGER_NODE)", code="NO_NODE")
+    key = load_key_file(key_file)
+    with Client(node, key) as c:
+        yield c
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+# ---- consortium ----------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    dir: DirOpt,
+    institutions: Annotated[int, typer.Option(help="Number of member institutions.")] = 1,
+    chain_id: Annotated[str | None, typer.Option(help="Chain ID (default: random).")] = None,
+    base_port: Annotated[
+        int | None, typer.Option(help="First API port (default: free ports).")
+    ] = None,
+    empty_block_interval_ms: Annotated[
+        int | None, typer.Option(help="Produce empty blocks this often when idle (default: never).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a consortium: genesis, node configs, node and admin keys."""
+    doc = consortium.init_consortium(
+        dir,
+        institutions,
+        chain_id=chain_id,
+        base_port=base_port,
+        force=force,
+        empty_block_interval_ms=empty_block_interval_ms,
+    )
+
+    def human() -> None:
+        out.print(f"Created consortium [bold]{doc['chain_id']}[/] in {dir}")
+        for inst in doc["institutions"]:
+            out.print(f"  {inst['name']}: admin key {inst['admin_key']}, API {inst['api']}")
+        out.print(f"Start it with: medledger up --dir {dir}")
+
+    emit(doc, as_json, human)
+
+
+@app.command()
+def up(dir: DirOpt, as_json: JsonOpt = False) -> None:
+    """Start every node of the consortium that is not running; return when they serve."""
+    nodes = consortium.up(dir)
+
+    def human() -> None:
+        for n in nodes:
+            verb = "started" if n["started"] else "already running"
+            out.print(f"{n['name']}: {verb} (pid {n['pid']}) at {n['api']}")
+
+    emit({"nodes": nodes}, as_json, human)
+
+
+@app.command()
+def down(dir: DirOpt, as_json: JsonOpt = False) -> None:
+    """Stop the consortium's nodes."""
+    nodes = consortium.down(dir)
+
+    def human() -> None:
+        for n in nodes:
+            out.print(f"{n['name']}: {'stopped' if n['stopped'] else 'was not running'}")
+
+    emit({"nodes": nodes}, as_json, human)
+
+
+@app.command()
+def status(dir: DirOpt, as_json: JsonOpt = False) -> None:
+    """Show each node: pid, height, app hash, API."""
+    doc = consortium.status(dir)
+
+    def human() -> None:
+        t = Table("name", "running", "pid", "height", "app hash", "api")
+        for n in doc["nodes"]:
+            t.add_row(
+                n["name"],
+                "yes" if n["running"] else "no",
+                str(n["pid"] or "-"),
+                str(n["height"] if n["height"] is not None else "-"),
+                (n["app_hash"] or "-")[:16],
+                n["api"],
+            )
+        out.print(t)
+
+    emit(doc, as_json, human)
+
+
+@node_app.command("start")
+def node_start(
+    home: Annotated[Path, typer.Option("--home", help="The node's home directory.")],
+) -> None:
+    """Run one node in the foreground (Ctrl-C stops it)."""
+    from medledger.node.run import run_node
+
+    run_node(home)
+
+
+# ---- keys ------------------------------------------------------------------------------
+
+
+@keys_app.command("new")
+def keys_new(
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Where to write the key file (mode 0600).")
+    ],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a new Ed25519 identity key."""
+    key = PrivateKey.generate()
+    save_key_file(out_file, key, overwrite=force)
+    doc = {"id": key.id, "public_key": key.public_key.hex(), "file": str(out_file)}
+    emit(
+        doc,
+        as_json,
+        lambda: out.print(f"{key.id}  (public key {key.public_key.hex()}) -> {out_file}"),
+    )
+
+
+@keys_app.command("show")
+def keys_show(key_file: Path, as_json: JsonOpt = False) -> None:
+    """Show the ID and public key of a key file."""
+    key = load_key_file(key_file)
+    doc = {"id": key.id, "public_key": key.public_key.hex()}
+    emit(doc, as_json, lambda: out.print(f"{key.id}  {key.public_key.hex()}"))
+
+
+# ---- identities ----------------------------------------------------------------------------
+
+
+@identity_app.command("enroll")
+def identity_enroll(
+    role: Annotated[
+        str,
+        typer.Option(
+            help="clinician, patient, researcher, regulator, pharmacy, insurer, admin or service"
+        ),
+    ],
+    id: Annotated[str, typer.Option("--id", help="Identity ID (from 'keys new').")],
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("admin.key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Enroll an identity with one role in the admin's institution."""
+    with client_for(node, as_key) as c:
+        r = c.enroll(id, role)
+    emit(r, as_json, lambda: out.print(f"enrolled {id} as {role} (block {r['height']})"))
+
+
+@identity_app.command("suspend")
+def identity_suspend(
+    id: Annotated[str, typer.Option("--id", help="Identity ID.")],
+    reason: Annotated[
+        str, typer.Option(help="Why (kept on the ledger; no patient data).")
+    ] = "suspended by admin",
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("admin.key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Suspend an identity: it can no longer transact or read."""
+    with client_for(node, as_key) as c:
+        r = c.suspend(id, reason)
+    emit(r, as_json, lambda: out.print(f"suspended {id} (block {r['height']})"))
+
+
+@identity_app.command("show")
+def identity_show(
+    id: str, node: NodeOpt = "", as_key: AsOpt = Path("admin.key"), as_json: JsonOpt = False
+) -> None:
+    """Show an identity's role, institution and status."""
+    with client_for(node, as_key) as c:
+        doc = c.identity(id)
+    emit(doc, as_json, lambda: out.print(doc))
+
+
+# ---- records -----------------------------------------------------------------------------------
+
+
+@record_app.command("put")
+def record_put(
+    file: Annotated[Path, typer.Argument(help="File to store (encrypted on this machine first).")],
+    patient: Annotated[str, typer.Option(help="Patient identity ID.")],
+    type: Annotated[
+        str, typer.Option("--type", help="Record type, e.g. note, lab, imaging.")
+    ] = "document",
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Encrypt a file, store it off chain and register it on the ledger."""
+    if not file.is_file():
+        raise InvalidInput(f"{file} is not a readable file", code="FILE_NOT_FOUND")
+    size = file.stat().st_size
+    with client_for(node, as_key) as c, _progress() as prog:
+        task = prog.add_task(f"put {file.name}", total=size)
+        r = c.put_record(
+            file, patient=patient, record_type=type, progress=lambda n: prog.advance(task, n)
+        )
+    doc = {
+        "record_id": r.record_id,
+        "tx_hash": r.tx_hash,
+        "height": r.height,
+        "content_hash": r.manifest_cid,
+        "size": r.size,
+        "chunk_count": r.chunk_count,
+    }
+    emit(
+        doc, as_json, lambda: out.print(f"stored {file} as record {r.record_id} (block {r.height})")
+    )
+
+
+@record_app.command("get")
+def record_get(
+    record_id: str,
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the content.")],
+    purpose: Annotated[
+        str, typer.Option(help="treatment, patient-access, research, insurance, referral, audit")
+    ] = "treatment",
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Log the read on the ledger, then fetch, verify and decrypt the record."""
+    with client_for(node, as_key) as c, _progress() as prog:
+        task = prog.add_task(f"get {record_id[:12]}", total=None)
+        r = c.get_record(
+            record_id,
+            out_file,
+            purpose=purpose,
+            progress=lambda n: prog.advance(task, n),
+            on_size=lambda s: prog.update(task, total=s),
+        )
+    emit(
+        r,
+        as_json,
+        lambda: out.print(
+            f"wrote {r['size']} bytes to {out_file} (read logged in block {r['height']})"
+        ),
+    )
+
+
+@record_app.command("ls")
+def record_ls(
+    patient: Annotated[str, typer.Option(help="Patient identity ID.")],
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """List a patient's records (metadata only)."""
+    with client_for(node, as_key) as c:
+        records = c.list_records(patient)
+
+    def human() -> None:
+        t = Table("record", "type", "size", "institution", "height")
+        for r in records:
+            t.add_row(r["record_id"], r["type"], str(r["size"]), r["institution"], str(r["height"]))
+        out.print(t)
+
+    emit({"patient": patient, "records": records}, as_json, human)
+
+
+@record_app.command("show")
+def record_show(
+    record_id: str, node: NodeOpt = "", as_key: AsOpt = Path("key"), as_json: JsonOpt = False
+) -> None:
+    """Show one record's on-chain metadata."""
+    with client_for(node, as_key) as c:
+        doc = c.record(record_id)
+    emit(doc, as_json, lambda: out.print(doc))
+
+
+# ---- audit and proofs -----------------------------------------------------------------------------
+
+
+@app.command()
+def audit(
+    patient: Annotated[str, typer.Option(help="Identity whose audit trail to list.")],
+    proof_out: Annotated[
+        Path | None, typer.Option(help="Also save the events with proofs here.")
+    ] = None,
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """List who did what to a patient's data, from the ledger."""
+    with client_for(node, as_key) as c:
+        events = c.audit(patient)
+        if proof_out is not None:
+            proof_out.write_bytes(c.audit_proof(patient))
+
+    def human() -> None:
+        t = Table("height", "action", "actor", "record", "outcome", "detail")
+        for e in events:
+            t.add_row(
+                str(e["height"]),
+                e["action"],
+                e["actor"],
+                e["record_id"] or "-",
+                e["outcome"],
+                e["detail"],
+            )
+        out.print(t)
+        if proof_out is not None:
+            out.print(
+                f"proofs saved to {proof_out}; check them with: medledger proof verify {proof_out}"
+            )
+
+    emit({"patient": patient, "events": events}, as_json, human)
+
+
+@proof_app.command("verify")
+def proof_verify(
+    file: Path,
+    genesis: Annotated[
+        Path | None, typer.Option(help="Trust only this genesis's validators.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check an audit proof file offline; fail on any tampered byte."""
+    from medledger.ledger.genesis import load_genesis
+    from medledger.ledger.proofs import verify_bundle
+
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{file} not found", code="FILE_NOT_FOUND")
+    trusted = load_genesis(genesis).validators if genesis else None
+    events = verify_bundle(data, trusted_validators=trusted)
+    doc = {
+        "valid": True,
+        "events": [
+            {
+                "height": v.height,
+                "time_ms": v.time_ms,
+                "tx_hash": v.tx_hash,
+                "action": v.event.action,
+                "actor": v.event.actor,
+                "subject": v.event.subject,
+                "record_id": v.event.record_id or None,
+                "outcome": v.event.outcome,
+                "detail": v.event.detail,
+            }
+            for v in events
+        ],
+    }
+    emit(
+        doc,
+        as_json,
+        lambda: out.print(f"valid: {len(events)} events verified against signed headers"),
+    )
+
+
+# ---- demo -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    dir: DirOpt = Path(".demo"),
+    institutions: Annotated[int, typer.Option(help="Member institutions.")] = 1,
+) -> None:
+    """Create and start a local consortium with sample identities and records."""
+    from medledger.cli.demo import run_demo
+
+    run_demo(dir, institutions, out)
+
+
+def main() -> None:
+    try:
+        app()
+    except MedLedgerError as exc:
+        err.print(f"error: {exc.code}: {exc.message}", markup=False, highlight=False)
+        sys.exit(1)

@@ -1,0 +1,341 @@
+"""A Python client of the node API: signs requests and transactions, streams content.
+
+Used by the CLI, the tests and the benchmarks. Record content is encrypted
+here, on the client, before it leaves the machine; the data key goes only to
+the custodian, sealed to the custodian's key.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import msgspec
+
+from medledger.api import signing
+from medledger.app.model import (
+    ENROLL,
+    READ_RECORD,
+    REGISTER_RECORD,
+    SUSPEND,
+    EnrollBody,
+    ReadRecordBody,
+    RegisterRecordBody,
+)
+from medledger.crypto.aead import new_data_key
+from medledger.crypto.keys import PrivateKey, PublicKey, seal_to, unseal
+from medledger.errors import IntegrityError, MedLedgerError, Unavailable, from_wire
+from medledger.ledger.tx import make_tx
+from medledger.storage import framing
+from medledger.storage.crypt import ChunkDecryptor, build_manifest, encrypt_stream
+from medledger.storage.manifest import DEFAULT_CHUNK_SIZE, ChunkRef, decode_manifest
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class PutResult:
+    record_id: str
+    tx_hash: str
+    height: int
+    manifest_cid: str
+    size: int
+    chunk_count: int
+
+
+class Client:
+    def __init__(self, node_url: str, key: PrivateKey, *, timeout: float = 60.0) -> None:
+        self.node_url = node_url.rstrip("/")
+        self.key = key
+        self._http = httpx.Client(base_url=self.node_url, timeout=timeout)
+        self._chain_id: str | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        content: bytes | Iterator[bytes] | None = None,
+        signed: bool = True,
+        stream: bool = False,
+    ) -> httpx.Response:
+        path_qs = path + ("?" + urlencode(params) if params else "")
+        headers: dict[str, str] = {}
+        body: bytes | Iterator[bytes] | None = content
+        if json_body is not None:
+            body = msgspec.json.encode(json_body)
+            headers["content-type"] = "application/json"
+        if signed:
+            payload = (
+                signing.UNSIGNED
+                if body is not None and not isinstance(body, bytes)
+                else signing.body_hash(body or b"")
+            )
+            headers.update(
+                signing.sign_request(
+                    self.key, method, path_qs, time.time_ns() // 1_000_000, payload
+                )
+            )
+        try:
+            if stream:
+                req = self._http.build_request(method, path_qs, content=body, headers=headers)
+                resp = self._http.send(req, stream=True)
+            else:
+                resp = self._http.request(method, path_qs, content=body, headers=headers)
+        except httpx.TimeoutException:
+            raise Unavailable(f"node {self.node_url} did not answer in time", code="NODE_TIMEOUT")
+        except httpx.TransportError as exc:
+            raise Unavailable(
+                f"cannot reach node {self.node_url} ({type(exc).__name__})", code="NODE_UNREACHABLE"
+            )
+        if resp.status_code >= 400:
+            if stream:
+                resp.read()
+                resp.close()
+            raise _error_from(resp)
+        return resp
+
+    def get_json(self, path: str, *, signed: bool = True, **params: Any) -> Any:
+        return self._request("GET", path, params=params or None, signed=signed).json()
+
+    # ---- chain -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self.get_json("/api/v1/status", signed=False)
+        return doc
+
+    @property
+    def chain_id(self) -> str:
+        if self._chain_id is None:
+            self._chain_id = str(self.status()["chain_id"])
+        return self._chain_id
+
+    def next_nonce(self) -> int:
+        return int(self.get_json(f"/api/v1/accounts/{self.key.id}/nonce")["next_nonce"])
+
+    def build_tx(self, kind: str, body: Any, nonce: int | None = None) -> bytes:
+        if nonce is None:
+            nonce = self.next_nonce()
+        return make_tx(self.key, chain_id=self.chain_id, nonce=nonce, kind=kind, body=body)
+
+    def submit_raw(self, raw: bytes, *, wait: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+        resp = self._request(
+            "POST",
+            "/api/v1/tx",
+            params={"wait": str(wait).lower(), "timeout": timeout},
+            content=raw,
+            signed=False,
+        )
+        doc: dict[str, Any] = resp.json()
+        return doc
+
+    def submit(
+        self, kind: str, body: Any, *, allow_codes: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """Submit and wait for commit; raise the committed error code if it failed."""
+        receipt = self.submit_raw(self.build_tx(kind, body))
+        if receipt.get("code") != "OK" and receipt.get("code") not in allow_codes:
+            raise from_wire(
+                403 if receipt.get("code") == "ACCESS_DENIED" else 400,
+                str(receipt.get("code")),
+                str(receipt.get("message")),
+            )
+        return receipt
+
+    def submit_batch(self, raws: list[bytes], *, wait: bool = True) -> list[dict[str, Any]]:
+        resp = self._request(
+            "POST",
+            "/api/v1/txs",
+            params={"wait": str(wait).lower()},
+            content=msgspec.msgpack.encode(raws),
+            signed=False,
+        )
+        return list(resp.json()["results"])
+
+    # ---- identities ---------------------------------------------------------------------------
+
+    def enroll(self, identity_id: str, role: str) -> dict[str, Any]:
+        return self.submit(ENROLL, EnrollBody(id=identity_id, role=role))
+
+    def suspend(self, identity_id: str, reason: str) -> dict[str, Any]:
+        return self.submit(SUSPEND, _suspend_body(identity_id, reason))
+
+    def identity(self, identity_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self.get_json(f"/api/v1/identities/{identity_id}")
+        return doc
+
+    # ---- records ----------------------------------------------------------------------------------
+
+    def put_record(
+        self,
+        path: Path,
+        *,
+        patient: str,
+        record_type: str = "document",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> PutResult:
+        size = path.stat().st_size
+        key = new_data_key()
+        refs: list[ChunkRef] = []
+        status = self.status()
+        custodian = PublicKey.from_hex(status["custodian_public_key"])
+
+        def body() -> Iterator[bytes]:
+            with open(path, "rb") as fh:
+                for cid, ct in encrypt_stream(fh, size, key, chunk_size):
+                    refs.append(ChunkRef(cid=cid, size=len(ct)))
+                    yield framing.frame_header(framing.CHUNK, len(ct))
+                    yield ct
+                    if progress is not None:
+                        progress(len(ct) - 16)
+            manifest = build_manifest(size, chunk_size, refs)
+            yield framing.frame(framing.MANIFEST, manifest.encode())
+
+        stored = self._request("POST", "/api/v1/storage/objects", content=body()).json()
+        manifest_cid = str(stored["manifest_cid"])
+        self._request(
+            "POST",
+            "/api/v1/custody/deposits",
+            json_body={"manifest_cid": manifest_cid, "sealed_key": seal_to(custodian, key).hex()},
+        )
+        receipt = self.submit(
+            REGISTER_RECORD,
+            RegisterRecordBody(
+                patient=patient,
+                type=record_type,
+                content_hash=manifest_cid,
+                size=size,
+                chunk_count=int(stored["chunk_count"]),
+                storage=f"local:{status['name']}",
+            ),
+        )
+        return PutResult(
+            record_id=receipt["data"]["record_id"],
+            tx_hash=receipt["tx_hash"],
+            height=int(receipt["height"]),
+            manifest_cid=manifest_cid,
+            size=size,
+            chunk_count=int(stored["chunk_count"]),
+        )
+
+    def request_read(self, record_id: str, purpose: str = "treatment") -> dict[str, Any]:
+        """Commit the access event for a read; raises ACCESS_DENIED if the chain denies it."""
+        return self.submit(READ_RECORD, ReadRecordBody(record_id=record_id, purpose=purpose))
+
+    def get_record(
+        self,
+        record_id: str,
+        out: Path,
+        *,
+        purpose: str = "treatment",
+        progress: Progress | None = None,
+        on_size: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Log the read on chain, get the key from custody, stream, verify and decrypt."""
+        receipt = self.request_read(record_id, purpose)
+        access_tx = receipt["tx_hash"]
+        released = self._request(
+            "POST",
+            "/api/v1/custody/release",
+            json_body={"record_id": record_id, "access_tx": access_tx},
+        ).json()
+        key = unseal(self.key, bytes.fromhex(released["sealed_key"]))
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
+        resp = self._request(
+            "GET",
+            f"/api/v1/storage/records/{record_id}",
+            params={"access_tx": access_tx},
+            stream=True,
+        )
+        size = 0
+        try:
+            parser = framing.FrameParser(64 * 1024 * 1024)
+            decryptor: ChunkDecryptor | None = None
+            with open(tmp, "wb") as fh:
+                for piece in resp.iter_raw(1 << 20):
+                    for kind, payload in parser.feed(piece):
+                        if kind == framing.MANIFEST and decryptor is None:
+                            manifest = decode_manifest(payload)
+                            decryptor = ChunkDecryptor(manifest, key)
+                            size = manifest.size
+                            if on_size is not None:
+                                on_size(size)
+                        elif kind == framing.CHUNK and decryptor is not None:
+                            plain = decryptor.feed(payload)
+                            fh.write(plain)
+                            if progress is not None:
+                                progress(len(plain))
+                        elif kind == framing.ERROR:
+                            err = msgspec.json.decode(payload)
+                            raise IntegrityError(str(err.get("message")), code=str(err.get("code")))
+                        else:
+                            raise IntegrityError("unexpected frame from the node", code="BAD_FRAME")
+                if decryptor is None or not decryptor.done or parser.pending:
+                    raise IntegrityError("the node's stream ended early", code="DOWNLOAD_TRUNCATED")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+            raise
+        finally:
+            resp.close()
+        return {
+            "record_id": record_id,
+            "access_tx": access_tx,
+            "height": receipt["height"],
+            "size": size,
+            "out": str(out),
+        }
+
+    def list_records(self, patient: str) -> list[dict[str, Any]]:
+        return list(self.get_json("/api/v1/records", patient=patient)["records"])
+
+    def record(self, record_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self.get_json(f"/api/v1/records/{record_id}")
+        return doc
+
+    # ---- audit -----------------------------------------------------------------------------------
+
+    def audit(self, subject: str) -> list[dict[str, Any]]:
+        return list(self.get_json("/api/v1/audit", subject=subject)["events"])
+
+    def audit_proof(self, subject: str) -> bytes:
+        return self._request("GET", "/api/v1/audit/proof", params={"subject": subject}).content
+
+
+def _suspend_body(identity_id: str, reason: str) -> Any:
+    from medledger.app.model import SuspendBody
+
+    return SuspendBody(id=identity_id, reason=reason)
+
+
+def _error_from(resp: httpx.Response) -> MedLedgerError:
+    try:
+        err = resp.json()["error"]
+        return from_wire(resp.status_code, str(err["code"]), str(err["message"]))
+    except Exception:
+        return from_wire(resp.status_code, f"HTTP_{resp.status_code}", resp.reason_phrase)

@@ -1,0 +1,50 @@
+"""Content identifiers: CIDv1, raw codec, sha2-256, multibase base32 ("b...").
+
+The same form IPFS uses, so a chunk's name verifies its bytes for any holder,
+with or without the decryption key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from medledger.errors import IntegrityError, InvalidInput
+
+_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])  # cidv1, raw, sha2-256, 32 bytes
+_CID_LEN = 59  # "b" + base32(36 bytes) without padding
+
+
+def _encode(digest: bytes) -> str:
+    return "b" + base64.b32encode(_PREFIX + digest).decode("ascii").lower().rstrip("=")
+
+
+def cid_for(data: bytes) -> str:
+    return _encode(hashlib.sha256(data).digest())
+
+
+def cid_to_digest(cid: str) -> bytes:
+    if not is_cid(cid):
+        raise InvalidInput("not a CIDv1 raw sha2-256 identifier", code="BAD_CID")
+    return _b32(cid[1:])[4:]
+
+
+def is_cid(value: str) -> bool:
+    if len(value) != _CID_LEN or not value.startswith("b"):
+        return False
+    if any(c not in "abcdefghijklmnopqrstuvwxyz234567" for c in value[1:]):
+        return False
+    try:
+        raw = _b32(value[1:])
+    except ValueError:
+        return False
+    return raw[:4] == _PREFIX and _encode(raw[4:]) == value
+
+
+def verify_cid(cid: str, data: bytes) -> None:
+    if cid_for(data) != cid:
+        raise IntegrityError("data does not match its content identifier", code="CID_MISMATCH")
+
+
+def _b32(text: str) -> bytes:
+    return base64.b32decode(text.upper() + "=" * (-len(text) % 8))

@@ -1,0 +1,1 @@
+"""Node wiring: configuration, the block-producing driver, the API server."""

@@ -1,0 +1,47 @@
+"""Node configuration (``<home>/config.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from medledger.errors import InvalidInput
+
+
+class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    chain_id: str
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
+    genesis_file: str = "genesis.json"
+    node_key_file: str = "node.key"
+    data_dir: str = "data"
+    min_block_interval_ms: int = 0
+    empty_block_interval_ms: int | None = None
+    log_level: str = "info"
+    request_max_skew_ms: int = 300_000
+
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+def config_path(home: Path) -> Path:
+    return home / "config.json"
+
+
+def load_config(home: Path) -> NodeConfig:
+    path = config_path(home)
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=NodeConfig)
+    except FileNotFoundError:
+        raise InvalidInput(f"no node configuration at {path}", code="CONFIG_NOT_FOUND")
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidInput(f"node configuration {path} is invalid: {exc}", code="CONFIG_INVALID")
+
+
+def save_config(home: Path, config: NodeConfig) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    data = json.loads(msgspec.json.encode(config))
+    config_path(home).write_text(json.dumps(data, indent=2) + "\n")

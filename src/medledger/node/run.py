@@ -1,0 +1,57 @@
+"""Run one node in the foreground: the API server and the block producer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import uvicorn
+
+from medledger.api.app import create_app
+from medledger.node.logging import configure_logging, get_logger
+from medledger.node.node import Node
+
+log = get_logger("medledger.node")
+
+
+async def serve(home: Path) -> None:
+    node = Node(home)
+    configure_logging(node.config.log_level)
+    app = create_app(node)
+    config = uvicorn.Config(
+        app,
+        host=node.config.api_host,
+        port=node.config.api_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        loop="none",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    await node.start()
+    pid_file = home / "node.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    log.info("node.serving", name=node.config.name, api=node.config.api_url(), pid=os.getpid())
+    try:
+        await server.serve()
+    finally:
+        await node.stop()
+        try:
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("node.stopped", name=node.config.name)
+
+
+def run_node(home: Path) -> None:
+    configure_logging("info")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        pass
+    asyncio.run(serve(home))
