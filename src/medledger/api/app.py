@@ -214,14 +214,12 @@ def create_app(node: Node) -> FastAPI:
             raise InvalidInput("too many transactions in one batch", code="BATCH_TOO_LARGE")
         out: list[dict[str, Any]] = []
         accepted: list[tuple[int, bytes]] = []
-        for raw in raws:
-            try:
-                stx = node.submit(raw)
-            except MedLedgerError as exc:
-                out.append({"status": "rejected", "error": exc.to_dict()})
+        for res in await node.submit_many(raws):
+            if isinstance(res, MedLedgerError):
+                out.append({"status": "rejected", "error": res.to_dict()})
                 continue
-            accepted.append((len(out), stx.hash))
-            out.append({"tx_hash": stx.hash.hex(), "status": "accepted"})
+            accepted.append((len(out), res.hash))
+            out.append({"tx_hash": res.hash.hex(), "status": "accepted"})
         if wait and accepted:
             receipts = await asyncio.gather(
                 *(node.wait_for(h, min(timeout, MAX_WAIT_S)) for _, h in accepted),
@@ -328,21 +326,32 @@ def create_app(node: Node) -> FastAPI:
         new: list[str] = []
         manifest_bytes: bytes | None = None
         ok = False
+
+        def store_frames(frames: list[tuple[bytes, bytes]]) -> bytes | None:
+            # runs in a worker thread: hashing and file writes release the GIL
+            manifest: bytes | None = None
+            for kind, payload in frames:
+                if manifest is not None or manifest_bytes is not None:
+                    raise InvalidInput("data after the manifest", code="BAD_FRAME")
+                if kind == framing.CHUNK:
+                    cid, fresh = node.chunks.add(payload)
+                    if fresh:
+                        new.append(cid)
+                    received[cid] = len(payload)
+                    node.metrics.bytes_stored.inc(len(payload))
+                elif kind == framing.MANIFEST:
+                    manifest = payload
+                else:
+                    raise InvalidInput("unexpected frame in upload", code="BAD_FRAME")
+            return manifest
+
         try:
             async for piece in request.stream():
-                for kind, payload in parser.feed(piece):
-                    if manifest_bytes is not None:
-                        raise InvalidInput("data after the manifest", code="BAD_FRAME")
-                    if kind == framing.CHUNK:
-                        cid = cid_of(payload)
-                        if await asyncio.to_thread(node.chunks.put, cid, payload):
-                            new.append(cid)
-                        received[cid] = len(payload)
-                        node.metrics.bytes_stored.inc(len(payload))
-                    elif kind == framing.MANIFEST:
-                        manifest_bytes = payload
-                    else:
-                        raise InvalidInput("unexpected frame in upload", code="BAD_FRAME")
+                frames = parser.feed(piece)
+                if frames:
+                    found = await asyncio.to_thread(store_frames, frames)
+                    if found is not None:
+                        manifest_bytes = found
             if manifest_bytes is None or parser.pending:
                 raise InvalidInput("upload ended before its manifest", code="UPLOAD_TRUNCATED")
             manifest = decode_manifest(manifest_bytes)
@@ -354,8 +363,7 @@ def create_app(node: Node) -> FastAPI:
                     )
                 if size is not None and size != ref.size:
                     raise InvalidInput("chunk size differs from the manifest", code="BAD_MANIFEST")
-            manifest_cid = cid_of(manifest_bytes)
-            await asyncio.to_thread(node.chunks.put, manifest_cid, manifest_bytes)
+            manifest_cid, _ = await asyncio.to_thread(node.chunks.add, manifest_bytes)
             await asyncio.to_thread(node.chunks.sync, [*new, manifest_cid])
             ok = True
         finally:

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from medledger.app.model import ACTIVE, Identity, RecordMeta, Role
 
+_ADMIN = Role.ADMIN.value
+_CLINICIAN = Role.CLINICIAN.value
+_PATIENT = Role.PATIENT.value
+_REGULATOR = Role.REGULATOR.value
+_SERVICE = Role.SERVICE.value
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -22,11 +28,11 @@ class Decision:
 def decide_read(actor: Identity, record: RecordMeta) -> Decision:
     if actor.status != ACTIVE:
         return Decision(False, "identity suspended")
-    if actor.role == Role.PATIENT.value:
+    if actor.role == _PATIENT:
         if actor.id == record.patient:
             return Decision(True, "own record")
         return Decision(False, "not the patient of this record")
-    if actor.role in (Role.CLINICIAN.value, Role.SERVICE.value):
+    if actor.role in (_CLINICIAN, _SERVICE):
         if actor.institution == record.institution:
             return Decision(True, "creating institution")
         return Decision(False, "record created by another institution")
@@ -37,13 +43,13 @@ def may_write_for(actor: Identity, patient: Identity) -> Decision:
     """May ``actor`` register a record about ``patient``?"""
     if actor.status != ACTIVE:
         return Decision(False, "identity suspended")
-    if patient.role != Role.PATIENT.value:
+    if patient.role != _PATIENT:
         return Decision(False, "records belong to patients")
     if patient.status != ACTIVE:
         return Decision(False, "patient is suspended")
-    if actor.role in (Role.CLINICIAN.value, Role.SERVICE.value):
+    if actor.role in (_CLINICIAN, _SERVICE):
         return Decision(True, "clinical author")
-    if actor.role == Role.PATIENT.value and actor.id == patient.id:
+    if actor.role == _PATIENT and actor.id == patient.id:
         return Decision(True, "patient-contributed record")
     return Decision(False, f"role {actor.role} may not write records")
 
@@ -52,7 +58,7 @@ def may_manage(actor: Identity, target_institution: str) -> Decision:
     """May ``actor`` enroll or suspend identities of ``target_institution``?"""
     if actor.status != ACTIVE:
         return Decision(False, "identity suspended")
-    if actor.role != Role.ADMIN.value:
+    if actor.role != _ADMIN:
         return Decision(False, "only an institution admin manages identities")
     if actor.institution != target_institution:
         return Decision(False, "admins manage their own institution only")
@@ -66,10 +72,10 @@ def may_list_records(actor: Identity, patient: str) -> Decision:
     if actor.id == patient:
         return Decision(True, "own records")
     if actor.role in (
-        Role.CLINICIAN.value,
-        Role.SERVICE.value,
-        Role.ADMIN.value,
-        Role.REGULATOR.value,
+        _CLINICIAN,
+        _SERVICE,
+        _ADMIN,
+        _REGULATOR,
     ):
         return Decision(True, f"{actor.role} sees record metadata")
     return Decision(False, f"role {actor.role} may not list a patient's records")
@@ -77,9 +83,9 @@ def may_list_records(actor: Identity, patient: str) -> Decision:
 
 def may_view_metadata(actor: Identity, record: RecordMeta) -> bool:
     """Which entries of a listing an actor sees (clinicians/services: own institution)."""
-    if actor.id == record.patient or actor.role == Role.REGULATOR.value:
+    if actor.id == record.patient or actor.role == _REGULATOR:
         return True
-    if actor.role in (Role.CLINICIAN.value, Role.SERVICE.value, Role.ADMIN.value):
+    if actor.role in (_CLINICIAN, _SERVICE, _ADMIN):
         return actor.institution == record.institution
     return False
 
@@ -90,8 +96,8 @@ def may_view_audit(actor: Identity, subject: Identity) -> Decision:
         return Decision(False, "identity suspended")
     if actor.id == subject.id:
         return Decision(True, "own audit trail")
-    if actor.role == Role.REGULATOR.value:
+    if actor.role == _REGULATOR:
         return Decision(True, "regulator oversight")
-    if actor.role == Role.ADMIN.value and actor.institution == subject.institution:
+    if actor.role == _ADMIN and actor.institution == subject.institution:
         return Decision(True, "institution admin oversight")
     return Decision(False, "only the patient, their admins and regulators see an audit trail")

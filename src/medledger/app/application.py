@@ -150,6 +150,10 @@ class Application:
         if not result.ok and result.code not in INCLUDED_FAILURES:
             raise InvalidTransaction(result.message, code=result.code)
 
+    def recheck_tx(self, stx: SignedTx) -> None:
+        """Re-check a mempool transaction after a block: sender still enrolled and active."""
+        self._active_sender(self.committed_view(), stx.tx.sender)
+
     def finalize_block(self, ctx: BlockContext, txs: list[SignedTx]) -> FinalizedBlock:
         """Execute ``txs`` in order; signatures must be verified already."""
         view = self.committed_view()

@@ -124,5 +124,8 @@ def record_id_for(tx_hash: bytes) -> str:
     return "r" + tx_hash[:16].hex()
 
 
+_RECORD_ID_RE = re.compile(r"r[0-9a-f]{32}")
+
+
 def is_record_id(value: str) -> bool:
-    return len(value) == 33 and value[0] == "r" and all(c in "0123456789abcdef" for c in value[1:])
+    return _RECORD_ID_RE.fullmatch(value) is not None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 
 from medledger.errors import IntegrityError, InvalidInput
 
 _PREFIX = bytes([0x01, 0x55, 0x12, 0x20])  # cidv1, raw, sha2-256, 32 bytes
 _CID_LEN = 59  # "b" + base32(36 bytes) without padding
+_CID_RE = re.compile(r"b[a-z2-7]{58}")
 
 
 def _encode(digest: bytes) -> str:
@@ -30,9 +32,7 @@ def cid_to_digest(cid: str) -> bytes:
 
 
 def is_cid(value: str) -> bool:
-    if len(value) != _CID_LEN or not value.startswith("b"):
-        return False
-    if any(c not in "abcdefghijklmnopqrstuvwxyz234567" for c in value[1:]):
+    if len(value) != _CID_LEN or _CID_RE.fullmatch(value) is None:
         return False
     try:
         raw = _b32(value[1:])

@@ -10,8 +10,10 @@ enough for a person or a node.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,16 +30,18 @@ SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
 
 
+@functools.lru_cache(maxsize=65536)
 def identity_id_for(public_key: bytes) -> str:
     """The stable identity ID of an Ed25519 public key."""
     digest = sha256(public_key)[:20]
     return ID_PREFIX + base64.b32encode(digest).decode("ascii").lower()
 
 
+_ID_RE = re.compile(ID_PREFIX + r"[a-z2-7]{32}")
+
+
 def is_identity_id(value: str) -> bool:
-    if len(value) != 34 or not value.startswith(ID_PREFIX):
-        return False
-    return all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in value[2:])
+    return _ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +25,10 @@ class ChunkStore(Protocol):
         ...
 
     def has(self, cid: str) -> bool: ...
+
+    def add(self, data: bytes) -> tuple[str, bool]:
+        """Store ``data`` under its own CID; return ``(cid, newly_written)``."""
+        ...
 
     def delete(self, cid: str) -> None: ...
 
@@ -48,6 +55,14 @@ class LocalChunkStore:
     def put(self, cid: str, data: bytes) -> bool:
         if cid_for(data) != cid:
             raise IntegrityError("chunk does not match its identifier", code="CID_MISMATCH")
+        return self._write(cid, data)
+
+    def add(self, data: bytes) -> tuple[str, bool]:
+        """Store ``data`` under its own CID; return ``(cid, newly_written)``."""
+        cid = cid_for(data)
+        return cid, self._write(cid, data)
+
+    def _write(self, cid: str, data: bytes) -> bool:
         path = self._path(cid)
         if path.exists():
             return False
@@ -75,18 +90,51 @@ class LocalChunkStore:
             pass
 
     def sync(self, cids: list[str]) -> None:
+        """Make the named chunks durable: one ``syncfs`` of the store's file system on
+        Linux (far cheaper than an fsync per chunk file and per directory), else fsync
+        of every file and directory."""
+        if not cids:
+            return
+        if _syncfs(self.root):
+            return
         dirs: set[Path] = set()
         for cid in cids:
             path = self._path(cid)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_path(path)
             dirs.add(path.parent)
         for d in dirs:
-            fd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_path(d)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(root: Path) -> bool:
+    if _SYNCFS is None:
+        return False
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        return _SYNCFS(fd) == 0
+    finally:
+        os.close(fd)

@@ -28,32 +28,55 @@ def frame_header(kind: bytes, length: int) -> bytes:
 
 
 class FrameParser:
-    """Feed bytes, get complete frames. ``max_payload`` bounds memory."""
+    """Feed bytes, get complete frames. ``max_payload`` bounds memory.
+
+    Large payloads are assembled in a preallocated buffer (one copy per byte).
+    """
 
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
-        self._buf = bytearray()
+        self._head = bytearray()
+        self._kind = b""
+        self._body: bytearray | None = None
+        self._filled = 0
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        self._buf += data
         out: list[tuple[bytes, bytes]] = []
-        buf = self._buf
-        pos = 0
-        while len(buf) - pos >= _HDR.size:
-            kind, length = _HDR.unpack_from(buf, pos)
-            if kind not in _KINDS:
-                raise InvalidInput("unknown frame kind in stream", code="BAD_FRAME")
-            if length > self.max_payload:
-                raise InvalidInput("frame exceeds the size limit", code="FRAME_TOO_LARGE")
-            end = pos + _HDR.size + length
-            if len(buf) < end:
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while True:
+            if self._body is None:
+                if pos == end:
+                    break
+                need = _HDR.size - len(self._head)
+                take = min(need, end - pos)
+                self._head += view[pos : pos + take]
+                pos += take
+                if len(self._head) < _HDR.size:
+                    break
+                kind, length = _HDR.unpack(self._head)
+                self._head.clear()
+                if kind not in _KINDS:
+                    raise InvalidInput("unknown frame kind in stream", code="BAD_FRAME")
+                if length > self.max_payload:
+                    raise InvalidInput("frame exceeds the size limit", code="FRAME_TOO_LARGE")
+                self._kind = kind
+                self._body = bytearray(length)
+                self._filled = 0
+            body = self._body
+            take = min(len(body) - self._filled, end - pos)
+            body[self._filled : self._filled + take] = view[pos : pos + take]
+            self._filled += take
+            pos += take
+            if self._filled < len(body):
                 break
-            out.append((kind, bytes(buf[pos + _HDR.size : end])))
-            pos = end
-        if pos:
-            del buf[:pos]
+            out.append((self._kind, bytes(body)))
+            self._body = None
         return out
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        """Bytes held of an unfinished frame; 0 when the stream ended on a frame boundary."""
+        if self._body is not None:
+            return _HDR.size + self._filled
+        return len(self._head)
