@@ -54,7 +54,9 @@ def durable_copy(src: Path, dst: Path) -> None:
         os.close(fd)
 
 
-def bench_txs(api: str, admin: PrivateKey, n_txs: int, senders: int, batch: int) -> dict[str, float]:
+def bench_txs(
+    api: str, admin: PrivateKey, n_txs: int, senders: int, batch: int, workers: int
+) -> dict[str, float]:
     with Client(api, admin) as a:
         chain_id = a.chain_id
         patient = PrivateKey.generate()
@@ -62,8 +64,13 @@ def bench_txs(api: str, admin: PrivateKey, n_txs: int, senders: int, batch: int)
         clinicians = [PrivateKey.generate() for _ in range(senders)]
         nonce = a.next_nonce()
         raws = [
-            make_tx(admin, chain_id=chain_id, nonce=nonce + i, kind="identity.enroll",
-                    body=_enroll(k.id))
+            make_tx(
+                admin,
+                chain_id=chain_id,
+                nonce=nonce + i,
+                kind="identity.enroll",
+                body=_enroll(k.id),
+            )
             for i, k in enumerate(clinicians)
         ]
         for r in a.submit_batch(raws):
@@ -74,8 +81,10 @@ def bench_txs(api: str, admin: PrivateKey, n_txs: int, senders: int, batch: int)
         record_id = c0.put_record(sample, patient=patient.id, record_type="note").record_id
     sample.unlink()
     per = n_txs // senders
-    print(f"  signing {per * senders} record.read transactions from {senders} clinicians ...",
-          flush=True)
+    print(
+        f"  signing {per * senders} record.read transactions from {senders} clinicians ...",
+        flush=True,
+    )
     t0 = time.perf_counter()
     body = ReadRecordBody(record_id=record_id, purpose="treatment")
     txs: list[bytes] = []
@@ -85,50 +94,52 @@ def bench_txs(api: str, admin: PrivateKey, n_txs: int, senders: int, batch: int)
             make_tx(k, chain_id=chain_id, nonce=start + j, kind=READ_RECORD, body=body)
             for j in range(per)
         )
-    # interleave senders so every batch holds many senders, in nonce order per sender
-    txs = [txs[s * per + j] for j in range(per) for s in range(senders)]
-    print(f"  signed in {time.perf_counter() - t0:.1f}s; submitting in batches of {batch}",
-          flush=True)
-    batches = [txs[i : i + batch] for i in range(0, len(txs), batch)]
+    # Closed loop: each worker owns a disjoint set of senders (so per-sender nonce
+    # order holds) and sends its batches one after another, waiting for each to commit.
+    groups = [
+        [txs[s * per : (s + 1) * per] for s in range(w, senders, workers)] for w in range(workers)
+    ]
+    worker_batches: list[list[list[bytes]]] = []
+    for g in groups:
+        seq = [tx for j in range(per) for sender_txs in g for tx in [sender_txs[j]]]
+        worker_batches.append([seq[i : i + batch] for i in range(0, len(seq), batch)])
+    print(
+        f"  signed in {time.perf_counter() - t0:.1f}s; {workers} clients send batches of "
+        f"{batch} and wait for each to commit",
+        flush=True,
+    )
     latencies: list[float] = []
     committed = 0
     lock = threading.Lock()
-    with Client(api, admin, timeout=300) as c:
-        # batches must arrive in order (per-sender nonces), so submit without waiting
-        # and then wait for each batch's last transaction to commit.
-        start = time.perf_counter()
-        sent_at: list[float] = []
-        hashes: list[str] = []
-        for b in batches:
-            sent_at.append(time.perf_counter())
-            res = c.submit_batch(b, wait=False)
-            bad = [r for r in res if r["status"] != "accepted"]
-            if bad:
-                raise SystemExit(f"rejected: {bad[:3]}")
-            hashes.append(res[-1]["tx_hash"])
 
-        def wait_batch(i: int) -> None:
-            nonlocal committed
-            while True:
-                r = c.get_json(f"/api/v1/txs/{hashes[i]}", signed=False)
-                if r["status"] == "committed":
-                    with lock:
-                        latencies.append(time.perf_counter() - sent_at[i])
-                        committed += len(batches[i])
-                    return
-                time.sleep(0.005)
+    def worker(batches: list[list[bytes]]) -> None:
+        nonlocal committed
+        with Client(api, admin, timeout=300) as c:
+            for b in batches:
+                t = time.perf_counter()
+                res = c.submit_batch(b, wait=True)
+                dt = time.perf_counter() - t
+                ok = sum(1 for r in res if r.get("code") == "OK")
+                if ok != len(b):
+                    bad = [r for r in res if r.get("code") != "OK"][:3]
+                    raise SystemExit(f"not committed: {bad}")
+                with lock:
+                    latencies.append(dt)
+                    committed += ok
 
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(wait_batch, range(len(batches))))
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(worker, worker_batches))
+    elapsed = time.perf_counter() - start
     tps = committed / elapsed
     # idle latency of single transactions
     single: list[float] = []
     with Client(api, clinicians[1]) as c1:
         nonce = c1.next_nonce()
         for i in range(100):
-            raw = make_tx(clinicians[1], chain_id=chain_id, nonce=nonce + i, kind=READ_RECORD,
-                          body=body)
+            raw = make_tx(
+                clinicians[1], chain_id=chain_id, nonce=nonce + i, kind=READ_RECORD, body=body
+            )
             t = time.perf_counter()
             r = c1.submit_raw(raw)
             single.append(time.perf_counter() - t)
@@ -198,7 +209,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--txs", type=int, default=40_000)
     ap.add_argument("--senders", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=2_000)
+    ap.add_argument("--batch", type=int, default=1_000)
+    ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json-out", type=Path, default=Path("bench/results/latest.json"))
@@ -212,12 +224,14 @@ def main() -> None:
             api = status["api"]
             admin = load_key_file(root / status["name"] / "admin.key")
             print("== transaction throughput (1 node, submission -> commit)", flush=True)
-            tx = bench_txs(api, admin, args.txs, args.senders, args.batch)
+            tx = bench_txs(api, admin, args.txs, args.senders, args.batch, args.workers)
             for k, v in tx.items():
                 print(f"  {k:28s} {v:12.1f}")
             print(f"  goal: >= 10,000 tx/s -> {'MET' if tx['tx_per_s'] >= 10_000 else 'NOT MET'}")
-            print(f"== record put/get of {args.mb} MB vs plain durable copy (median of {args.rounds})",
-                  flush=True)
+            print(
+                f"== record put/get of {args.mb} MB vs plain durable copy (median of {args.rounds})",
+                flush=True,
+            )
             data = bench_data(api, admin, Path(tmp), args.mb, args.rounds)
             for k, v in data.items():
                 print(f"  {k:28s} {v:12.2f}")

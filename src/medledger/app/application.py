@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from medledger.app import access
 from medledger.app.model import (
@@ -41,7 +42,7 @@ from medledger.app.model import (
     record_id_for,
 )
 from medledger.app.state import StateView
-from medledger.codec import Record, decode_canonical, encode
+from medledger.codec import Record, decode, decode_canonical, encode
 from medledger.crypto.cid import is_cid
 from medledger.crypto.keys import is_identity_id
 from medledger.errors import AuthError, InvalidTransaction, MedLedgerError
@@ -54,6 +55,8 @@ from medledger.ledger.tx import SignedTx
 INCLUDED_FAILURES = frozenset({"ACCESS_DENIED"})
 
 MAX_SIZE = 1 << 48
+DECODED_CACHE = 100_000
+_MISSING: Any = object()
 MAX_STORAGE_LEN = 256
 MAX_REASON_LEN = 512
 
@@ -85,6 +88,7 @@ class Application:
         self._committed = committed
         self.tree = StateTree()
         self._pending: FinalizedBlock | None = None
+        self._decoded: dict[bytes, Any] = {}
         self._handlers: dict[str, tuple[type[Record], Callable[..., TxResult]]] = {
             ENROLL: (EnrollBody, self._enroll),
             SUSPEND: (SuspendBody, self._suspend),
@@ -123,7 +127,18 @@ class Application:
     # ---- ABCI-shaped boundary ------------------------------------------------------
 
     def committed_view(self) -> StateView:
-        return StateView(self._committed)
+        return StateView(self._committed, self._committed_obj)
+
+    def _committed_obj(self, key: bytes, type_: type[Any]) -> Any:
+        hit = self._decoded.get(key, _MISSING)
+        if hit is not _MISSING and (hit is None or type(hit) is type_):
+            return hit
+        raw = self._committed(key)
+        value = None if raw is None else decode(raw, type_)
+        if len(self._decoded) >= DECODED_CACHE:
+            self._decoded.clear()
+        self._decoded[key] = value
+        return value
 
     def next_nonce(self, sender: str) -> int:
         raw = self._committed(k_nonce(sender))
@@ -172,6 +187,8 @@ class Application:
             raise RuntimeError("commit without finalize_block")
         writes = self._pending.writes
         self._pending = None
+        for key in writes:
+            self._decoded.pop(key, None)
         return writes
 
     def query_identity(self, id_: str) -> Identity | None:
@@ -221,10 +238,13 @@ class Application:
         if handler is None:
             return _fail("UNKNOWN_TX_KIND", f"unknown transaction kind {stx.tx.kind!r}")
         body_type, fn = handler
-        try:
-            body = decode_canonical(stx.tx.body, body_type)
-        except MedLedgerError as exc:
-            return _fail("TX_MALFORMED", f"{stx.tx.kind} body: {exc.message}")
+        body = stx.decoded_body
+        if type(body) is not body_type:
+            try:
+                body = decode_canonical(stx.tx.body, body_type)
+            except MedLedgerError as exc:
+                return _fail("TX_MALFORMED", f"{stx.tx.kind} body: {exc.message}")
+            stx.decoded_body = body
         child = view.child()
         try:
             result: TxResult = fn(child, ctx, stx, sender, body)

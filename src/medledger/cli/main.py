@@ -465,5 +465,8 @@ def main() -> None:
     try:
         app()
     except MedLedgerError as exc:
-        err.print(f"error: {exc.code}: {exc.message}", markup=False, highlight=False)
+        # soft_wrap: one line whatever the width, so scripts can parse it
+        err.print(
+            f"error: {exc.code}: {exc.message}", markup=False, highlight=False, soft_wrap=True
+        )
         sys.exit(1)

@@ -32,6 +32,8 @@ def decode(data: bytes, type_: type[T]) -> T:
     """Decode and type-check ``data``; raise :class:`DecodeError` on any problem."""
     try:
         return _decoder(type_).decode(data)
+    except UnicodeDecodeError:  # msgspec raises it for a str that is not UTF-8
+        raise DecodeError(f"cannot decode {getattr(type_, '__name__', 'value')}: invalid UTF-8")
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise DecodeError(f"cannot decode {getattr(type_, '__name__', 'value')}: {_short(exc)}")
 

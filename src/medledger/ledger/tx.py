@@ -34,15 +34,20 @@ class Tx(Record, frozen=True):
     body: bytes  # canonical encoding of the kind's body struct
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class SignedTx:
-    """A decoded envelope whose structure (not yet its signature) is valid."""
+    """A decoded envelope whose structure (not yet its signature) is valid.
+
+    ``decoded_body`` caches the kind's body struct once the application decoded it,
+    so admission and execution decode it once.
+    """
 
     raw: bytes
     hash: bytes
     tx: Tx
     public_key: bytes
     signature: bytes
+    decoded_body: Any = None
 
     def verify_signature(self) -> None:
         PublicKey(self.public_key).verify(TX_DOMAIN + self.raw[_HEAD:], self.signature)

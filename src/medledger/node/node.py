@@ -43,7 +43,7 @@ from medledger.ledger.block import (
 )
 from medledger.ledger.genesis import Genesis, load_genesis
 from medledger.ledger.merkle import merkle_root
-from medledger.ledger.store import LedgerStore
+from medledger.ledger.store import LedgerStore, StoredBlock
 from medledger.ledger.tx import SignedTx, decode_envelope
 from medledger.node.config import NodeConfig, load_config
 from medledger.node.logging import get_logger
@@ -55,6 +55,7 @@ log = get_logger("medledger.node")
 
 
 VERIFY_THREADS = 2
+BLOCK_CACHE = 8
 
 
 def _verify_all(txs: list[SignedTx]) -> dict[bytes, MedLedgerError]:
@@ -120,6 +121,7 @@ class Node:
         self._task: asyncio.Task[None] | None = None
         self.block_lock = asyncio.Lock()
         self._stopping = False
+        self._block_cache: dict[int, StoredBlock] = {}
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
 
     # ---- start-up and recovery -------------------------------------------------------
@@ -250,7 +252,6 @@ class Node:
         except MedLedgerError as exc:
             self._rejected(exc)
             raise
-        self.metrics.mempool_txs.set(len(self.mempool))
         if self._wake is not None:
             self._wake.set()
         return stx
@@ -279,29 +280,74 @@ class Node:
             )
 
     async def wait_for(self, tx_hash: bytes, timeout: float) -> Receipt:
-        receipt = self.receipt(tx_hash)
-        if receipt is not None:
-            return receipt
-        if tx_hash not in self.mempool:
-            raise NotFound("transaction is unknown to this node", code="TX_NOT_FOUND")
-        fut: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(tx_hash, []).append(fut)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise Unavailable("transaction not committed within the timeout", code="TX_TIMEOUT")
-        finally:
-            lst = self._waiters.get(tx_hash)
-            if lst is not None and fut in lst:
-                lst.remove(fut)
-                if not lst:
-                    del self._waiters[tx_hash]
+        result = (await self.wait_many([tx_hash], timeout))[0]
+        if isinstance(result, MedLedgerError):
+            raise result
+        return result
+
+    async def wait_many(
+        self, hashes: list[bytes], timeout: float
+    ) -> list[Receipt | MedLedgerError]:
+        """Wait until each transaction is committed (or fails, or the timeout passes).
+
+        Pending transactions get a bare future each (no task); committed ones are
+        looked up once per block.
+        """
+        out: list[Receipt | MedLedgerError | None] = [None] * len(hashes)
+        loop = asyncio.get_running_loop()
+        futs: dict[int, asyncio.Future[Receipt]] = {}
+        for i, h in enumerate(hashes):
+            if h in self.mempool:
+                fut: asyncio.Future[Receipt] = loop.create_future()
+                self._waiters.setdefault(h, []).append(fut)
+                futs[i] = fut
+                continue
+            pos = self.reader.find_tx(h)
+            if pos is None:
+                out[i] = NotFound("transaction is unknown to this node", code="TX_NOT_FOUND")
+                continue
+            block = self.block(pos[0])
+            out[i] = Receipt(tx_hash=h, height=pos[0], index=pos[1], result=block.results[pos[1]])
+        if futs:
+            await asyncio.wait(futs.values(), timeout=timeout)
+        for i, fut in futs.items():
+            if fut.done() and not fut.cancelled():
+                exc = fut.exception()
+                if exc is None:
+                    out[i] = fut.result()
+                elif isinstance(exc, MedLedgerError):
+                    out[i] = exc
+                else:
+                    out[i] = Unavailable(
+                        "waiting for the transaction failed", code="TX_WAIT_FAILED"
+                    )
+            else:
+                fut.cancel()
+                lst = self._waiters.get(hashes[i])
+                if lst is not None and fut in lst:
+                    lst.remove(fut)
+                    if not lst:
+                        del self._waiters[hashes[i]]
+                out[i] = Unavailable(
+                    "transaction not committed within the timeout", code="TX_TIMEOUT"
+                )
+        return [r for r in out if r is not None]
+
+    def block(self, height: int) -> StoredBlock:
+        """A committed block, from a small cache of recently read blocks."""
+        block = self._block_cache.get(height)
+        if block is None:
+            block = self.reader.get_block(height)
+            if len(self._block_cache) >= BLOCK_CACHE:
+                self._block_cache.pop(next(iter(self._block_cache)))
+            self._block_cache[height] = block
+        return block
 
     def receipt(self, tx_hash: bytes) -> Receipt | None:
         pos = self.reader.find_tx(tx_hash)
         if pos is None:
             return None
-        block = self.reader.get_block(pos[0])
+        block = self.block(pos[0])
         return Receipt(tx_hash=tx_hash, height=pos[0], index=pos[1], result=block.results[pos[1]])
 
     # ---- block production --------------------------------------------------------------
