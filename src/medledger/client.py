@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
 import httpx
@@ -269,29 +271,8 @@ class Client:
         )
         size = 0
         try:
-            parser = framing.FrameParser(64 * 1024 * 1024)
-            decryptor: ChunkDecryptor | None = None
-            with open(tmp, "wb") as fh:
-                for piece in resp.iter_raw(1 << 20):
-                    for kind, payload in parser.feed(piece):
-                        if kind == framing.MANIFEST and decryptor is None:
-                            manifest = decode_manifest(payload)
-                            decryptor = ChunkDecryptor(manifest, key)
-                            size = manifest.size
-                            if on_size is not None:
-                                on_size(size)
-                        elif kind == framing.CHUNK and decryptor is not None:
-                            plain = decryptor.feed(payload)
-                            fh.write(plain)
-                            if progress is not None:
-                                progress(len(plain))
-                        elif kind == framing.ERROR:
-                            err = msgspec.json.decode(payload)
-                            raise IntegrityError(str(err.get("message")), code=str(err.get("code")))
-                        else:
-                            raise IntegrityError("unexpected frame from the node", code="BAD_FRAME")
-                if decryptor is None or not decryptor.done or parser.pending:
-                    raise IntegrityError("the node's stream ended early", code="DOWNLOAD_TRUNCATED")
+            with open(tmp, "wb") as fh, ThreadPoolExecutor(2, thread_name_prefix="decrypt") as pool:
+                size = _receive_record(resp, key, fh, pool, progress, on_size)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, out)
@@ -325,6 +306,59 @@ class Client:
 
     def audit_proof(self, subject: str) -> bytes:
         return self._request("GET", "/api/v1/audit/proof", params={"subject": subject}).content
+
+
+def _receive_record(
+    resp: httpx.Response,
+    key: bytes,
+    fh: BinaryIO,
+    pool: ThreadPoolExecutor,
+    progress: Progress | None,
+    on_size: Callable[[int], None] | None,
+) -> int:
+    """Parse the node's frame stream; verify and decrypt chunks in a thread window."""
+    parser = framing.FrameParser(64 * 1024 * 1024)
+    decryptor: ChunkDecryptor | None = None
+    pending: deque[Future[int]] = deque()
+    index = 0
+    fd = fh.fileno()
+
+    def open_and_write(dec: ChunkDecryptor, i: int, payload: bytes) -> int:
+        # positional writes: chunks land in place whatever order the threads finish
+        plain = dec.open(i, payload)
+        os.pwrite(fd, plain, i * dec.manifest.chunk_size)
+        return len(plain)
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            n = pending.popleft().result()
+            if progress is not None:
+                progress(n)
+
+    for piece in resp.iter_raw():
+        for kind, payload in parser.feed(piece):
+            if kind == framing.MANIFEST and decryptor is None:
+                manifest = decode_manifest(payload)
+                decryptor = ChunkDecryptor(manifest, key)
+                if on_size is not None:
+                    on_size(manifest.size)
+            elif kind == framing.CHUNK and decryptor is not None:
+                if index >= len(decryptor.manifest.chunks):
+                    raise IntegrityError(
+                        "more chunks than the manifest lists", code="CHUNK_UNEXPECTED"
+                    )
+                pending.append(pool.submit(open_and_write, decryptor, index, payload))
+                index += 1
+                drain(8)
+            elif kind == framing.ERROR:
+                err = msgspec.json.decode(payload)
+                raise IntegrityError(str(err.get("message")), code=str(err.get("code")))
+            else:
+                raise IntegrityError("unexpected frame from the node", code="BAD_FRAME")
+    drain(0)
+    if decryptor is None or index != len(decryptor.manifest.chunks) or parser.pending:
+        raise IntegrityError("the node's stream ended early", code="DOWNLOAD_TRUNCATED")
+    return decryptor.manifest.size
 
 
 def _suspend_body(identity_id: str, reason: str) -> Any:

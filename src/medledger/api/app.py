@@ -7,10 +7,8 @@ and ``{"error": {"code", "message"}}``; anything unexpected becomes a 500
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +54,6 @@ from medledger.ledger.tx import decode_envelope
 from medledger.node.logging import get_logger
 from medledger.node.node import Node, Receipt, now_ms
 from medledger.storage import framing
-from medledger.storage.manifest import MAX_CHUNK_SIZE, decode_manifest
 
 log = get_logger("medledger.api")
 
@@ -316,61 +313,14 @@ def create_app(node: Node) -> FastAPI:
             raise Forbidden(
                 f"role {caller.identity.role} may not store content", code="ACCESS_DENIED"
             )
-        parser = framing.FrameParser(MAX_CHUNK_SIZE + 64)
-        received: dict[str, int] = {}
-        new: list[str] = []
-        manifest_bytes: bytes | None = None
-        ok = False
-
-        def store_frames(frames: list[tuple[bytes, bytes]]) -> bytes | None:
-            # runs in a worker thread: hashing and file writes release the GIL
-            manifest: bytes | None = None
-            for kind, payload in frames:
-                if manifest is not None or manifest_bytes is not None:
-                    raise InvalidInput("data after the manifest", code="BAD_FRAME")
-                if kind == framing.CHUNK:
-                    cid, fresh = node.chunks.add(payload)
-                    if fresh:
-                        new.append(cid)
-                    received[cid] = len(payload)
-                    node.metrics.bytes_stored.inc(len(payload))
-                elif kind == framing.MANIFEST:
-                    manifest = payload
-                else:
-                    raise InvalidInput("unexpected frame in upload", code="BAD_FRAME")
-            return manifest
-
-        try:
-            async for piece in request.stream():
-                frames = parser.feed(piece)
-                if frames:
-                    found = await asyncio.to_thread(store_frames, frames)
-                    if found is not None:
-                        manifest_bytes = found
-            if manifest_bytes is None or parser.pending:
-                raise InvalidInput("upload ended before its manifest", code="UPLOAD_TRUNCATED")
-            manifest = decode_manifest(manifest_bytes)
-            for ref in manifest.chunks:
-                size = received.get(ref.cid)
-                if size is None and not node.chunks.has(ref.cid):
-                    raise InvalidInput(
-                        "manifest names a chunk that was not uploaded", code="UPLOAD_INCOMPLETE"
-                    )
-                if size is not None and size != ref.size:
-                    raise InvalidInput("chunk size differs from the manifest", code="BAD_MANIFEST")
-            manifest_cid, _ = await asyncio.to_thread(node.chunks.add, manifest_bytes)
-            await asyncio.to_thread(node.chunks.sync, [*new, manifest_cid])
-            ok = True
-        finally:
-            if not ok:
-                for cid in new:
-                    node.chunks.delete(cid)
+        result = await node.storage.receive(request.stream(), node.metrics.bytes_stored.inc)
+        manifest = result.manifest
         log.info("storage.stored", chunks=len(manifest.chunks), bytes=manifest.size)
         return {
-            "manifest_cid": manifest_cid,
+            "manifest_cid": result.manifest_cid,
             "size": manifest.size,
             "chunk_count": len(manifest.chunks),
-            "new_chunks": len(new),
+            "new_chunks": len(result.new_chunks),
         }
 
     @app.get("/api/v1/storage/records/{record_id}")
@@ -379,22 +329,12 @@ def create_app(node: Node) -> FastAPI:
     ) -> StreamingResponse:
         """Stream a record's manifest and encrypted chunks after a committed, allowed read."""
         meta = gate(record_id, access_tx, caller)
-        manifest_bytes = node.chunks.get(meta.content_hash)
-        manifest = decode_manifest(manifest_bytes)
-
-        async def frames() -> AsyncIterator[bytes]:
-            yield framing.frame(framing.MANIFEST, manifest_bytes)
-            for ref in manifest.chunks:
-                try:
-                    data = await asyncio.to_thread(node.chunks.get, ref.cid)
-                except MedLedgerError as exc:
-                    log.error("storage.read_failed", code=exc.code, record_id=record_id)
-                    yield framing.frame(framing.ERROR, msgspec.json.encode(exc.to_dict()))
-                    return
-                node.metrics.bytes_served.inc(len(data))
-                yield framing.frame_header(framing.CHUNK, len(data)) + data
-
-        return StreamingResponse(frames(), media_type="application/vnd.medledger.frames")
+        manifest, frames = await node.storage.send(meta.content_hash, node.metrics.bytes_served.inc)
+        return StreamingResponse(
+            frames,
+            media_type="application/vnd.medledger.frames",
+            headers={"content-length": str(framing.stream_length(manifest))},
+        )
 
     # ---- custody ----------------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from medledger.app.state import StateView
 from medledger.codec import Record, decode, decode_canonical, encode
 from medledger.crypto.cid import is_cid
 from medledger.crypto.keys import is_identity_id
-from medledger.errors import AuthError, InvalidTransaction, MedLedgerError
+from medledger.errors import AuthError, Conflict, InvalidTransaction, MedLedgerError
 from medledger.ledger.block import Event, TxResult
 from medledger.ledger.genesis import Genesis
 from medledger.ledger.statetree import StateTree
@@ -201,8 +201,8 @@ class Application:
 
     @staticmethod
     def _check_nonce(nonce: int, expected: int) -> None:
-        if nonce < expected:
-            raise InvalidTransaction(
+        if nonce < expected:  # a replay: 409, as errors.py maps it
+            raise Conflict(
                 f"nonce {nonce} was already used (next is {expected})", code="NONCE_REPLAY"
             )
         if nonce > expected:

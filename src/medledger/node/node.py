@@ -50,6 +50,7 @@ from medledger.node.logging import get_logger
 from medledger.node.mempool import Mempool
 from medledger.node.metrics import NodeMetrics
 from medledger.storage.chunkstore import LocalChunkStore
+from medledger.storage.service import StorageService
 
 log = get_logger("medledger.node")
 
@@ -98,6 +99,7 @@ class Node:
         self.reader = LedgerStore(data / "ledger.sqlite")
         self.chunks = LocalChunkStore(data / "chunks")
         self.custodian = LocalCustodian(data / "custody", self.node_key)
+        self.storage = StorageService(self.chunks)
         self.metrics = NodeMetrics()
         self.state: dict[bytes, bytes] = {}
         self.app = Application(self.genesis, self.state.get)
@@ -179,6 +181,7 @@ class Node:
                 if not f.done():
                     f.set_exception(Unavailable("node is shutting down", code="NODE_STOPPING"))
         self._verify_pool.shutdown(wait=False, cancel_futures=True)
+        self.storage.close()
         self.store.close()
         self.reader.close()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -14,18 +16,34 @@ from medledger.storage.manifest import CIPHER, MANIFEST_VERSION, ChunkRef, Manif
 
 
 def encrypt_stream(
-    src: BinaryIO, size: int, key: bytes, chunk_size: int
+    src: BinaryIO, size: int, key: bytes, chunk_size: int, *, window: int = 8
 ) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(cid, ciphertext)`` per chunk of ``src`` (``size`` bytes)."""
+    """Yield ``(cid, ciphertext)`` per chunk of ``src`` (``size`` bytes), in order.
+
+    Encryption and hashing of the next chunks run in two threads (both release the
+    GIL) while the caller sends the current one; at most ``window`` chunks are held.
+    """
     aead = AESGCM(key)
     count = -(-size // chunk_size) if size else 0
-    for i in range(count):
-        plain = src.read(chunk_size)
-        want = min(chunk_size, size - i * chunk_size)
-        if len(plain) != want:
-            raise IntegrityError("file changed while it was being read", code="SOURCE_CHANGED")
+
+    def seal(i: int, plain: bytes) -> tuple[str, bytes]:
         ct = encrypt_chunk(aead, i, count, plain)
-        yield cid_for(ct), ct
+        return cid_for(ct), ct
+
+    def read(i: int) -> bytes:
+        plain = src.read(chunk_size)
+        if len(plain) != min(chunk_size, size - i * chunk_size):
+            raise IntegrityError("file changed while it was being read", code="SOURCE_CHANGED")
+        return plain
+
+    with ThreadPoolExecutor(2, thread_name_prefix="encrypt") as pool:
+        pending: deque[Future[tuple[str, bytes]]] = deque()
+        next_index = 0
+        while next_index < count or pending:
+            while next_index < count and len(pending) < window:
+                pending.append(pool.submit(seal, next_index, read(next_index)))
+                next_index += 1
+            yield pending.popleft().result()
 
 
 def build_manifest(size: int, chunk_size: int, refs: list[ChunkRef]) -> Manifest:
@@ -49,11 +67,16 @@ class ChunkDecryptor:
         return self._next == len(self.manifest.chunks)
 
     def feed(self, ciphertext: bytes) -> bytes:
+        """Verify and decrypt the next chunk."""
         i = self._next
         if i >= len(self.manifest.chunks):
             raise IntegrityError("more chunks than the manifest lists", code="CHUNK_UNEXPECTED")
+        self._next += 1
+        return self.open(i, ciphertext)
+
+    def open(self, i: int, ciphertext: bytes) -> bytes:
+        """Verify chunk ``i`` against the manifest and decrypt it (thread-safe)."""
         ref = self.manifest.chunks[i]
         if len(ciphertext) != ref.size or cid_for(ciphertext) != ref.cid:
             raise IntegrityError(f"chunk {i} does not match the manifest", code="CHUNK_CORRUPT")
-        self._next += 1
         return decrypt_chunk(self._aead, i, len(self.manifest.chunks), ciphertext)
