@@ -61,6 +61,7 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_BATCH_TXS = 20_000
 MAX_JSON_BYTES = 64 * 1024
 MAX_WAIT_S = 120.0
+OVERSIGHT_ROLES = frozenset({Role.ADMIN.value, Role.REGULATOR.value})
 WRITER_ROLES = frozenset({Role.CLINICIAN.value, Role.SERVICE.value, Role.PATIENT.value})
 
 
@@ -225,10 +226,16 @@ def create_app(node: Node) -> FastAPI:
         return fast_json({"results": out})
 
     @app.get("/api/v1/txs/{tx_hash}")
-    async def get_tx(tx_hash: str) -> dict[str, Any]:
+    async def get_tx(tx_hash: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        """A transaction's status and result: for its sender, admins and regulators."""
         h = parse_hash(tx_hash)
         receipt = node.receipt(h)
         if receipt is not None:
+            sender = decode_envelope(node.block(receipt.height).txs[receipt.index]).tx.sender
+            if sender != caller.identity.id and caller.identity.role not in OVERSIGHT_ROLES:
+                raise Forbidden(
+                    "only the sender, admins and regulators see a result", code="ACCESS_DENIED"
+                )
             return receipt_json(receipt)
         if h in node.mempool:
             return {"tx_hash": tx_hash, "status": "pending"}

@@ -24,6 +24,7 @@ import nacl.signing
 
 from medledger.crypto.hashing import sha256
 from medledger.errors import AuthError, InvalidInput
+from medledger.fsutil import atomic_write
 
 ID_PREFIX = "ml"
 SIGNATURE_SIZE = 64
@@ -140,14 +141,7 @@ def save_key_file(path: Path, key: PrivateKey, *, overwrite: bool = False) -> No
         "public_key": key.public_key.hex(),
         "private_key": key.seed.hex(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600)
 
 
 def load_key_file(path: Path) -> PrivateKey:

@@ -6,14 +6,17 @@ custodian; the deposit/release interface stays the same.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medledger.crypto.cid import is_cid
 from medledger.crypto.keys import PrivateKey, PublicKey, is_identity_id, seal_to, unseal
-from medledger.errors import InvalidInput, NotFound
+from medledger.errors import Conflict, InvalidInput, MedLedgerError, NotFound
+from medledger.fsutil import atomic_write
+from medledger.node.logging import get_logger
 
 KEY_BYTES = 32
+
+log = get_logger("medledger.custody")
 
 
 class LocalCustodian:
@@ -37,14 +40,21 @@ class LocalCustodian:
         if len(key) != KEY_BYTES:
             raise InvalidInput("a data key must be 32 bytes", code="BAD_DEPOSIT")
         path = self._path(depositor, manifest_cid)
+        if path.exists():
+            try:
+                held = unseal(self._key, path.read_bytes())
+            except MedLedgerError:
+                held = None  # a damaged deposit may be replaced
+                log.warning("custody.damaged_deposit_replaced", depositor=depositor)
+            if held == key:
+                return  # an idempotent retry
+            if held is not None:
+                raise Conflict(
+                    "a different key is already deposited for this content",
+                    code="KEY_ALREADY_DEPOSITED",
+                )
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(sealed_key)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, sealed_key, mode=0o600)
 
     def has(self, depositor: str, manifest_cid: str) -> bool:
         return self._path(depositor, manifest_cid).exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,8 @@ class Node:
         self._task: asyncio.Task[None] | None = None
         self.block_lock = asyncio.Lock()
         self._stopping = False
+        self.fatal = False
+        self.on_fatal: Callable[[], None] | None = None
         self._block_cache: dict[int, StoredBlock] = {}
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
 
@@ -170,6 +173,9 @@ class Node:
 
     async def stop(self) -> None:
         self._stopping = True
+        if not self.fatal:
+            async with self.block_lock:  # let a block being written finish
+                pass
         if self._task is not None:
             self._task.cancel()
             try:
@@ -356,6 +362,21 @@ class Node:
     # ---- block production --------------------------------------------------------------
 
     async def _run_core(self) -> None:
+        """Drive the producer core. A failure to execute or persist a block is fatal:
+        the in-memory state may be ahead of the disk, so the node stops (fail-stop)
+        and a restart recovers from the last durable block."""
+        try:
+            await self._drive_core()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.critical("node.halted", reason="block production failed; restart to recover")
+            self.fatal = True
+            if self.on_fatal is not None:
+                self.on_fatal()
+            raise
+
+    async def _drive_core(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while not self._stopping:

@@ -30,6 +30,11 @@ async def serve(home: Path) -> None:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+
+    def halt() -> None:
+        server.should_exit = True
+
+    node.on_fatal = halt
     await node.start()
     pid_file = home / "node.pid"
     pid_file.write_text(f"{os.getpid()}\n")
@@ -44,6 +49,8 @@ async def serve(home: Path) -> None:
         except FileNotFoundError:
             pass
         log.info("node.stopped", name=node.config.name)
+    if node.fatal:
+        raise SystemExit(3)
 
 
 def run_node(home: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from medledger.crypto.cid import cid_for, is_cid
 from medledger.errors import IntegrityError, InvalidInput, NotFound
+from medledger.fsutil import atomic_write
 
 
 class ChunkStore(Protocol):
@@ -63,14 +64,20 @@ class LocalChunkStore:
         return cid, self._write(cid, data)
 
     def _write(self, cid: str, data: bytes) -> bool:
+        """Write a verified chunk. Returns False when a good copy was already stored;
+        a stored copy that fails its hash is replaced (repaired), also returning False
+        so that a failed upload never deletes a chunk an earlier record uses."""
         path = self._path(cid)
         if path.exists():
+            try:
+                if cid_for(path.read_bytes()) == cid:
+                    return False
+            except OSError:
+                pass
+            atomic_write(path, data, mode=0o644, durable=False)
             return False
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{cid}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        atomic_write(path, data, mode=0o644, durable=False)
         return True
 
     def get(self, cid: str) -> bytes:
