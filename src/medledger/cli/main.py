@@ -425,6 +425,7 @@ def proof_verify(
     events = verify_bundle(data, trusted_validators=trusted)
     doc = {
         "valid": True,
+        "validators_pinned": trusted is not None,
         "events": [
             {
                 "height": v.height,
@@ -440,11 +441,16 @@ def proof_verify(
             for v in events
         ],
     }
-    emit(
-        doc,
-        as_json,
-        lambda: out.print(f"valid: {len(events)} events verified against signed headers"),
-    )
+
+    def human() -> None:
+        out.print(f"valid: {len(events)} events verified against signed headers")
+        if trusted is None:
+            out.print(
+                "note: the validator set was taken from the proof file itself; pass "
+                "--genesis GENESIS.json to check it against the consortium you trust"
+            )
+
+    emit(doc, as_json, human)
 
 
 # ---- demo -------------------------------------------------------------------------------------------
