@@ -10,7 +10,7 @@ from rich.console import Console
 from medledger.cli import consortium
 from medledger.client import Client
 from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
-from medledger.errors import Forbidden
+from medledger.errors import Forbidden, NotFound
 
 PEOPLE = [
     ("doctor", "clinician"),
@@ -55,9 +55,7 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
 
     with Client(api, admin) as c:
         for name, role in PEOPLE:
-            if c.get_json(f"/api/v1/accounts/{keys[name].id}/nonce") and _enrolled(
-                c, keys[name].id
-            ):
+            if _enrolled(c, keys[name].id):
                 continue
             c.enroll(keys[name].id, role)
             out.print(f"enrolled {name:<10} {keys[name].id} as {role}")
@@ -78,14 +76,14 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
             out.print(f"researcher was denied, and the denial is on the ledger ({exc.code})")
     d = str(root)
     out.print()
-    out.print("[bold]The consortium is running.[/] Try:")
+    out.print("[bold]The consortium is running.[/] Try (after: source .venv/bin/activate):")
     out.print(f"  medledger status --dir {d}")
     out.print(f"  export MEDLEDGER_NODE={api}")
     out.print(f"  medledger record ls --patient {patient} --as {d}/people/patient.key")
     out.print(
         f"  medledger audit --patient {patient} --as {d}/people/patient.key --proof-out audit.proof"
     )
-    out.print("  medledger proof verify audit.proof")
+    out.print(f"  medledger proof verify audit.proof --genesis {d}/genesis.json")
     out.print(f"  medledger record get {r2.record_id} --out xray.bin --as {d}/people/doctor.key")
     out.print(f"  API docs: {api}/api/v1/docs   metrics: {api}/metrics")
     out.print("  Stop it with: make down")
@@ -95,5 +93,5 @@ def _enrolled(c: Client, identity_id: str) -> bool:
     try:
         c.identity(identity_id)
         return True
-    except Exception:
+    except NotFound:
         return False

@@ -53,8 +53,8 @@ app.add_typer(record_app, name="record")
 app.add_typer(node_app, name="node")
 app.add_typer(proof_app, name="proof")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 T = TypeVar("T")
 
