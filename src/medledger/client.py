@@ -31,6 +31,7 @@ from medledger.app.model import (
     RegisterRecordBody,
 )
 from medledger.crypto.aead import new_data_key
+from medledger.crypto.cid import cid_for
 from medledger.crypto.keys import PrivateKey, PublicKey, seal_to, unseal
 from medledger.errors import IntegrityError, MedLedgerError, Unavailable, from_wire
 from medledger.ledger.tx import make_tx
@@ -256,6 +257,7 @@ class Client:
         """Log the read on chain, get the key from custody, stream, verify and decrypt."""
         receipt = self.request_read(record_id, purpose)
         access_tx = receipt["tx_hash"]
+        expected_cid = str(self.record(record_id)["content_hash"])
         released = self._request(
             "POST",
             "/api/v1/custody/release",
@@ -272,7 +274,7 @@ class Client:
         size = 0
         try:
             with open(tmp, "wb") as fh, ThreadPoolExecutor(2, thread_name_prefix="decrypt") as pool:
-                size = _receive_record(resp, key, fh, pool, progress, on_size)
+                size = _receive_record(resp, key, expected_cid, fh, pool, progress, on_size)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, out)
@@ -311,6 +313,7 @@ class Client:
 def _receive_record(
     resp: httpx.Response,
     key: bytes,
+    expected_cid: str,
     fh: BinaryIO,
     pool: ThreadPoolExecutor,
     progress: Progress | None,
@@ -338,6 +341,11 @@ def _receive_record(
     for piece in resp.iter_raw():
         for kind, payload in parser.feed(piece):
             if kind == framing.MANIFEST and decryptor is None:
+                if cid_for(payload) != expected_cid:
+                    raise IntegrityError(
+                        "the node sent a manifest other than the one on the ledger",
+                        code="MANIFEST_MISMATCH",
+                    )
                 manifest = decode_manifest(payload)
                 decryptor = ChunkDecryptor(manifest, key)
                 if on_size is not None:

@@ -1,8 +1,9 @@
 """One exception tree for all of MedLedger.
 
 Every error carries a stable, machine-readable ``code`` (``UPPER_SNAKE``) and a
-message that is safe to show to any caller: it never contains patient data or
-raw exception text from a library. Errors are mapped once, at the edge, to an
+message that is safe to show to any caller: it never contains patient data
+(library text is passed on only where it names types and positions, as msgspec's
+validation errors do). Errors are mapped once, at the edge, to an
 HTTP status (``api``) or to ``error: CODE: message`` on stderr (``cli``).
 
 ::

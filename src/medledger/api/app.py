@@ -50,10 +50,9 @@ from medledger.ledger.proofs import (
     SignedHeader,
     encode_bundle,
 )
-from medledger.ledger.tx import decode_envelope
-from medledger.node.logging import get_logger
+from medledger.ledger.tx import decode_envelope, tx_hash
+from medledger.log import get_logger
 from medledger.node.node import Node, Receipt, now_ms
-from medledger.storage import framing
 
 log = get_logger("medledger.api")
 
@@ -61,7 +60,7 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 MAX_BATCH_TXS = 20_000
 MAX_JSON_BYTES = 64 * 1024
 MAX_WAIT_S = 120.0
-OVERSIGHT_ROLES = frozenset({Role.ADMIN.value, Role.REGULATOR.value})
+LIST_LIMIT = 10_000  # entries per listing; "truncated": true says more exist
 WRITER_ROLES = frozenset({Role.CLINICIAN.value, Role.SERVICE.value, Role.PATIENT.value})
 
 
@@ -110,9 +109,23 @@ def create_app(node: Node) -> FastAPI:
 
     # ---- auth ---------------------------------------------------------------------------
 
+    async def read_limited(request: Request, limit: int, code: str) -> bytes:
+        """Read a request body, refusing it as soon as it passes ``limit`` bytes."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise InvalidInput(f"request body is larger than {limit} bytes", code=code)
+        parts: list[bytes] = []
+        size = 0
+        async for piece in request.stream():
+            size += len(piece)
+            if size > limit:
+                raise InvalidInput(f"request body is larger than {limit} bytes", code=code)
+            parts.append(piece)
+        return b"".join(parts)
+
     async def read_small_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
-        if length is not None and int(length) > MAX_JSON_BYTES:
+        if length is not None and (not length.isdigit() or int(length) > MAX_JSON_BYTES):
             raise InvalidInput("request body too large", code="BODY_TOO_LARGE")
         body = await request.body()
         if len(body) > MAX_JSON_BYTES:
@@ -187,9 +200,7 @@ def create_app(node: Node) -> FastAPI:
         request: Request, wait: bool = True, timeout: float = 30.0
     ) -> dict[str, Any]:
         """Submit one signed transaction envelope (raw bytes); by default wait for its commit."""
-        body = await request.body()
-        if len(body) > node.params.max_tx_bytes:
-            raise InvalidInput("transaction too large", code="TX_TOO_LARGE")
+        body = await read_limited(request, node.params.max_tx_bytes, "TX_TOO_LARGE")
         stx = node.submit(body)
         if not wait:
             return {"tx_hash": stx.hash.hex(), "status": "accepted"}
@@ -199,12 +210,7 @@ def create_app(node: Node) -> FastAPI:
     @app.post("/api/v1/txs")
     async def submit_batch(request: Request, wait: bool = True, timeout: float = 60.0) -> Response:
         """Submit a msgpack array of envelopes; per-transaction outcomes in order."""
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > MAX_BATCH_BYTES:
-            raise InvalidInput("batch too large", code="BODY_TOO_LARGE")
-        body = await request.body()
-        if len(body) > MAX_BATCH_BYTES:
-            raise InvalidInput("batch too large", code="BODY_TOO_LARGE")
+        body = await read_limited(request, MAX_BATCH_BYTES, "BODY_TOO_LARGE")
         raws = decode(body, list[bytes])
         if len(raws) > MAX_BATCH_TXS:
             raise InvalidInput("too many transactions in one batch", code="BATCH_TOO_LARGE")
@@ -231,10 +237,21 @@ def create_app(node: Node) -> FastAPI:
         h = parse_hash(tx_hash)
         receipt = node.receipt(h)
         if receipt is not None:
-            sender = decode_envelope(node.block(receipt.height).txs[receipt.index]).tx.sender
-            if sender != caller.identity.id and caller.identity.role not in OVERSIGHT_ROLES:
+            sender_id = decode_envelope(node.block(receipt.height).txs[receipt.index]).tx.sender
+            sender = node.app.query_identity(sender_id)
+            me = caller.identity
+            if not (
+                sender_id == me.id
+                or me.role == Role.REGULATOR.value
+                or (
+                    me.role == Role.ADMIN.value
+                    and sender is not None
+                    and sender.institution == me.institution
+                )
+            ):
                 raise Forbidden(
-                    "only the sender, admins and regulators see a result", code="ACCESS_DENIED"
+                    "only the sender, its institution's admins and regulators see a result",
+                    code="ACCESS_DENIED",
                 )
             return receipt_json(receipt)
         if h in node.mempool:
@@ -265,13 +282,15 @@ def create_app(node: Node) -> FastAPI:
         if not decision.allowed:
             raise Forbidden(decision.reason, code="ACCESS_DENIED")
         records = []
-        for key, _ in node.reader.scan_prefix(p_patient_records(patient)):
+        rows = node.reader.scan_prefix(p_patient_records(patient), LIST_LIMIT + 1)
+        truncated = len(rows) > LIST_LIMIT
+        for key, _ in rows[:LIST_LIMIT]:
             record_id = key.rsplit(b"/", 1)[1].decode()
             meta = node.app.query_record(record_id)
             if meta is not None and access.may_view_metadata(caller.identity, meta):
                 records.append(record_json(meta))
         records.sort(key=lambda r: (r["height"], r["record_id"]))
-        return {"patient": patient, "records": records}
+        return {"patient": patient, "records": records, "truncated": truncated}
 
     @app.get("/api/v1/records/{record_id}")
     async def get_record(record_id: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
@@ -336,12 +355,10 @@ def create_app(node: Node) -> FastAPI:
     ) -> StreamingResponse:
         """Stream a record's manifest and encrypted chunks after a committed, allowed read."""
         meta = gate(record_id, access_tx, caller)
-        manifest, frames = await node.storage.send(meta.content_hash, node.metrics.bytes_served.inc)
-        return StreamingResponse(
-            frames,
-            media_type="application/vnd.medledger.frames",
-            headers={"content-length": str(framing.stream_length(manifest))},
-        )
+        _, frames = await node.storage.send(meta.content_hash, node.metrics.bytes_served.inc)
+        # No Content-Length: a chunk found missing or corrupt mid-stream ends the stream
+        # early with an E frame, which a declared length would turn into a cut connection.
+        return StreamingResponse(frames, media_type="application/vnd.medledger.frames")
 
     # ---- custody ----------------------------------------------------------------------------------
 
@@ -426,20 +443,20 @@ def create_app(node: Node) -> FastAPI:
     async def audit(subject: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
         audit_subject(subject, caller)
         events = []
-        cache: dict[int, Any] = {}
-        for height, idx, ev in node.reader.audit_positions(subject):
-            block = cache.get(height) or cache.setdefault(height, node.block(height))
+        positions = node.reader.audit_positions(subject, LIST_LIMIT + 1)
+        for height, idx, ev in positions[:LIST_LIMIT]:
+            block = node.block(height)
             e: Event = block.results[idx].events[ev]
             events.append(
                 {
                     "height": height,
                     "time_ms": block.header.time_ms,
                     "tx_index": idx,
-                    "tx_hash": decode_envelope(block.txs[idx]).hash.hex(),
+                    "tx_hash": tx_hash(block.txs[idx]).hex(),
                     **event_json(e),
                 }
             )
-        return {"subject": subject, "events": events}
+        return {"subject": subject, "events": events, "truncated": len(positions) > LIST_LIMIT}
 
     @app.get("/api/v1/audit/proof")
     async def audit_proof(subject: str, caller: Caller = Depends(caller_dep)) -> Response:
@@ -448,16 +465,21 @@ def create_app(node: Node) -> FastAPI:
         entries: list[AuditProofEntry] = []
         headers: dict[int, SignedHeader] = {}
         seen: set[tuple[int, int]] = set()
-        for height, idx, _ev in node.reader.audit_positions(subject):
+        leaves: dict[int, tuple[list[bytes], list[bytes]]] = {}
+        for height, idx, _ev in node.reader.audit_positions(subject, LIST_LIMIT):
             if (height, idx) in seen:
                 continue
             seen.add((height, idx))
             block = node.block(height)
-            tx_leaves = [leaf_hash(t) for t in block.txs]
-            hashes = [decode_envelope(t).hash for t in block.txs]
-            res_leaves = [
-                leaf_hash(result_leaf(h, r)) for h, r in zip(hashes, block.results, strict=True)
-            ]
+            if height not in leaves:  # once per block, however many entries it holds
+                leaves[height] = (
+                    [leaf_hash(t) for t in block.txs],
+                    [
+                        leaf_hash(result_leaf(tx_hash(t), r))
+                        for t, r in zip(block.txs, block.results, strict=True)
+                    ],
+                )
+            tx_leaves, res_leaves = leaves[height]
             entries.append(
                 AuditProofEntry(
                     height=height,

@@ -12,7 +12,7 @@ from medledger.crypto.cid import is_cid
 from medledger.crypto.keys import PrivateKey, PublicKey, is_identity_id, seal_to, unseal
 from medledger.errors import Conflict, InvalidInput, MedLedgerError, NotFound
 from medledger.fsutil import atomic_write
-from medledger.node.logging import get_logger
+from medledger.log import get_logger
 
 KEY_BYTES = 32
 

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from medledger.codec import Record, encode
+from medledger.crypto.keys import identity_id_for
 from medledger.errors import InvalidInput
 from medledger.ledger.block import Validator
 
@@ -60,7 +61,7 @@ def genesis_to_json(genesis: Genesis) -> str:
 def load_genesis(path: Path) -> Genesis:
     try:
         doc = json.loads(path.read_text())
-        return Genesis(
+        genesis = Genesis(
             chain_id=str(doc["chain_id"]),
             genesis_time_ms=int(doc["genesis_time_ms"]),
             institutions=[
@@ -82,10 +83,30 @@ def load_genesis(path: Path) -> Genesis:
             ],
             params=_params(doc.get("params", {})),
         )
+        _check(genesis)
+        return genesis
     except FileNotFoundError:
         raise InvalidInput(f"genesis file {path} not found", code="GENESIS_NOT_FOUND")
     except (KeyError, ValueError, TypeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"genesis file {path} is invalid: {exc}", code="GENESIS_INVALID")
+
+
+def _check(genesis: Genesis) -> None:
+    """Every ID must be the one its public key derives; names and IDs unique."""
+    for inst in genesis.institutions:
+        if identity_id_for(inst.admin_public_key) != inst.admin_id:
+            raise ValueError(f"institution {inst.name}: admin_id does not match its public key")
+    for val in genesis.validators:
+        if identity_id_for(val.public_key) != val.id:
+            raise ValueError(f"validator {val.name}: id does not match its public key")
+        if val.power <= 0:
+            raise ValueError(f"validator {val.name}: power must be positive")
+    names = [i.name for i in genesis.institutions]
+    ids = [v.id for v in genesis.validators]
+    if len(set(names)) != len(names) or len(set(ids)) != len(ids):
+        raise ValueError("institution names and validator IDs must be unique")
+    if not genesis.validators:
+        raise ValueError("genesis names no validator")
 
 
 def _params(doc: dict[str, Any]) -> ChainParams:

@@ -34,11 +34,22 @@ def config_path(home: Path) -> Path:
 def load_config(home: Path) -> NodeConfig:
     path = config_path(home)
     try:
-        return msgspec.json.decode(path.read_bytes(), type=NodeConfig)
+        config = msgspec.json.decode(path.read_bytes(), type=NodeConfig)
     except FileNotFoundError:
         raise InvalidInput(f"no node configuration at {path}", code="CONFIG_NOT_FOUND")
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"node configuration {path} is invalid: {exc}", code="CONFIG_INVALID")
+    if not 1 <= config.api_port <= 65535:
+        raise InvalidInput(
+            f"node configuration {path}: api_port must be 1..65535", code="CONFIG_INVALID"
+        )
+    if config.min_block_interval_ms < 0 or (
+        config.empty_block_interval_ms is not None and config.empty_block_interval_ms <= 0
+    ):
+        raise InvalidInput(
+            f"node configuration {path}: block intervals must be positive", code="CONFIG_INVALID"
+        )
+    return config
 
 
 def save_config(home: Path, config: NodeConfig) -> None:

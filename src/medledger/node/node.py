@@ -46,11 +46,12 @@ from medledger.ledger.genesis import Genesis, load_genesis
 from medledger.ledger.merkle import merkle_root
 from medledger.ledger.store import LedgerStore, StoredBlock
 from medledger.ledger.tx import SignedTx, decode_envelope
+from medledger.log import get_logger
 from medledger.node.config import NodeConfig, load_config
-from medledger.node.logging import get_logger
 from medledger.node.mempool import Mempool
 from medledger.node.metrics import NodeMetrics
 from medledger.storage.chunkstore import LocalChunkStore
+from medledger.storage.manifest import decode_manifest
 from medledger.storage.service import StorageService
 
 log = get_logger("medledger.node")
@@ -286,6 +287,16 @@ class Node:
             raise InvalidTransaction(
                 "no data key was deposited for this content; deposit it first",
                 code="KEY_NOT_DEPOSITED",
+            )
+        try:
+            manifest = decode_manifest(self.chunks.get(body.content_hash))
+        except MedLedgerError:
+            raise InvalidTransaction(
+                "the content hash does not name a stored manifest", code="CONTENT_NOT_STORED"
+            )
+        if manifest.size != body.size or len(manifest.chunks) != body.chunk_count:
+            raise InvalidTransaction(
+                "size or chunk count differ from the stored manifest", code="CONTENT_MISMATCH"
             )
 
     async def wait_for(self, tx_hash: bytes, timeout: float) -> Receipt:

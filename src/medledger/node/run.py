@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import uvicorn
 
 from medledger.api.app import create_app
-from medledger.node.logging import configure_logging, get_logger
+from medledger.log import configure_logging, get_logger
+from medledger.node.config import load_config
 from medledger.node.node import Node
 
 log = get_logger("medledger.node")
@@ -17,7 +19,6 @@ log = get_logger("medledger.node")
 
 async def serve(home: Path) -> None:
     node = Node(home)
-    configure_logging(node.config.log_level)
     app = create_app(node)
     config = uvicorn.Config(
         app,
@@ -30,6 +31,10 @@ async def serve(home: Path) -> None:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once serve() returns; with the
+    # default SIGTERM disposition that would kill us before the clean-up below.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
 
     def halt() -> None:
         server.should_exit = True
@@ -54,7 +59,7 @@ async def serve(home: Path) -> None:
 
 
 def run_node(home: Path) -> None:
-    configure_logging("info")
+    configure_logging(load_config(home).log_level)
     try:
         import uvloop
 

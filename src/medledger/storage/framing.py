@@ -11,7 +11,6 @@ from __future__ import annotations
 import struct
 
 from medledger.errors import InvalidInput
-from medledger.storage.manifest import Manifest
 
 CHUNK = b"C"
 MANIFEST = b"M"
@@ -26,15 +25,6 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 
 def frame_header(kind: bytes, length: int) -> bytes:
     return _HDR.pack(kind, length)
-
-
-def stream_length(manifest: Manifest) -> int:
-    """Bytes of a complete download stream: the manifest frame and every chunk frame."""
-    return (
-        _HDR.size * (1 + len(manifest.chunks))
-        + len(manifest.encode())
-        + sum(ref.size for ref in manifest.chunks)
-    )
 
 
 class FrameParser:

@@ -13,6 +13,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     processors: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
     ]
     processors.append(
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
@@ -21,7 +22,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,
     )
 
 
