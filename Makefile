@@ -34,6 +34,7 @@ test: install lint typecheck
 
 bench: install
 	$(PY) bench/run.py
+	$(PY) bench/consortium.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -23,12 +23,16 @@ import msgspec
 from medledger.api import signing
 from medledger.app.model import (
     ENROLL,
+    PROPOSE_MEMBER,
     READ_RECORD,
     REGISTER_RECORD,
     SUSPEND,
+    VOTE_MEMBER,
     EnrollBody,
+    ProposeMemberBody,
     ReadRecordBody,
     RegisterRecordBody,
+    VoteMemberBody,
 )
 from medledger.crypto.aead import new_data_key
 from medledger.crypto.cid import cid_for
@@ -182,6 +186,29 @@ class Client:
     def suspend(self, identity_id: str, reason: str) -> dict[str, Any]:
         return self.submit(SUSPEND, _suspend_body(identity_id, reason))
 
+    def propose_member(
+        self,
+        action: str,
+        institution: str,
+        *,
+        validator_public_key: bytes = b"",
+        admin_public_key: bytes = b"",
+        power: int = 0,
+    ) -> dict[str, Any]:
+        return self.submit(
+            PROPOSE_MEMBER,
+            ProposeMemberBody(
+                action=action,
+                institution=institution,
+                validator_public_key=validator_public_key,
+                admin_public_key=admin_public_key,
+                power=power,
+            ),
+        )
+
+    def vote_member(self, proposal_id: str, approve: bool) -> dict[str, Any]:
+        return self.submit(VOTE_MEMBER, VoteMemberBody(proposal_id=proposal_id, approve=approve))
+
     def identity(self, identity_id: str) -> dict[str, Any]:
         doc: dict[str, Any] = self.get_json(f"/api/v1/identities/{identity_id}")
         return doc
@@ -310,6 +337,16 @@ class Client:
         return self._request("GET", "/api/v1/audit/proof", params={"subject": subject}).content
 
 
+def _raw_pieces(resp: httpx.Response) -> Iterator[bytes]:
+    """The response body as it arrives; a broken connection is a typed error."""
+    try:
+        yield from resp.iter_raw()
+    except httpx.HTTPError as exc:
+        raise Unavailable(
+            f"the node's stream broke off ({type(exc).__name__})", code="DOWNLOAD_TRUNCATED"
+        )
+
+
 def _receive_record(
     resp: httpx.Response,
     key: bytes,
@@ -338,7 +375,7 @@ def _receive_record(
             if progress is not None:
                 progress(n)
 
-    for piece in resp.iter_raw():
+    for piece in _raw_pieces(resp):
         for kind, payload in parser.feed(piece):
             if kind == framing.MANIFEST and decryptor is None:
                 if cid_for(payload) != expected_cid:

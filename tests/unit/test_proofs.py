@@ -71,7 +71,9 @@ def build(
         header = make_header(
             genesis, chain.height, chain.time_ms, prev, txs, fin.results, fin.app_hash, validators
         )
-        signed_headers.append(SignedHeader(header=header, commit=make_commit(header, signers)))
+        signed_headers.append(
+            SignedHeader(header=header, commit=make_commit(header, signers), validators=validators)
+        )
         blocks.append((header, txs, fin.results))
         prev = header.hash()
 
@@ -130,7 +132,6 @@ def build(
     bundle = AuditProofBundle(
         chain_id=genesis.chain_id,
         subject=PAT.id,
-        validators=validators,
         headers=used,
         entries=entries,
     )
@@ -248,7 +249,9 @@ def test_semantic_checks() -> None:
     bad_proof(rebuilt(subject=NURSE.id))  # entries not about the subject
     bad_proof(rebuilt(subject=DOC.id))
     bad_proof(rebuilt(chain_id="other-chain"))
-    bad_proof(rebuilt(validators=LARGE.validators))
+    # a header whose validator set is swapped for another
+    h0 = msgspec.structs.replace(h[0], validators=LARGE.validators)
+    bad_proof(rebuilt(headers=[h0, *h[1:]]))
     # an entry pointing at another transaction of the same block
     e0 = e[0]
     other_index = msgspec.structs.replace(e0, tx_index=0 if e0.tx_index else 1)
@@ -302,7 +305,11 @@ def test_event_actor_must_be_the_sender() -> None:
     new_entry = msgspec.structs.replace(
         entry, result=forged_result, result_path=inclusion_proof(res_leaves, entry.tx_index)
     )
-    sh = SignedHeader(header=new_header, commit=make_commit(new_header, [key("validator/val0")]))
+    sh = SignedHeader(
+        header=new_header,
+        commit=make_commit(new_header, [key("validator/val0")]),
+        validators=built.validators,
+    )
     headers = [sh if x.header.height == entry.height else x for x in built.bundle.headers]
     entries = [new_entry if x is entry else x for x in built.bundle.entries]
     with pytest.raises(IntegrityError) as exc:

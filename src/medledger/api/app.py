@@ -24,11 +24,14 @@ from medledger.api import signing
 from medledger.app import access
 from medledger.app.model import (
     ACTIVE,
+    EvidenceRecord,
+    GovProposal,
     Identity,
     RecordMeta,
     Role,
     is_record_id,
     k_record,
+    p_evidence,
     p_patient_records,
 )
 from medledger.codec import decode
@@ -42,7 +45,7 @@ from medledger.errors import (
     MedLedgerError,
     NotFound,
 )
-from medledger.ledger.block import Event, Header, TxResult, result_leaf
+from medledger.ledger.block import Event, Header, TxResult, Validator, result_leaf
 from medledger.ledger.merkle import inclusion_proof, leaf_hash
 from medledger.ledger.proofs import (
     AuditProofBundle,
@@ -188,6 +191,7 @@ def create_app(node: Node) -> FastAPI:
             "app_hash": node.app_hash.hex(),
             "last_block_time_ms": h.time_ms if h else node.genesis.genesis_time_ms,
             "validator": node.is_validator,
+            "peers": node.peers.connected() if node.peers is not None else [],
             "mempool_txs": len(node.mempool),
             "custodian_public_key": node.custodian.public_key.hex(),
             "pid": os.getpid(),
@@ -315,7 +319,11 @@ def create_app(node: Node) -> FastAPI:
             "value": value.hex() if value is not None else None,
             "proof": msgspec.msgpack.encode(proof).hex(),
             "signed_header": msgspec.msgpack.encode(
-                SignedHeader(header=header, commit=stored.commit)
+                SignedHeader(
+                    header=header,
+                    commit=stored.commit,
+                    validators=node.validators_at(header.height),
+                )
             ).hex(),
         }
 
@@ -355,7 +363,9 @@ def create_app(node: Node) -> FastAPI:
     ) -> StreamingResponse:
         """Stream a record's manifest and encrypted chunks after a committed, allowed read."""
         meta = gate(record_id, access_tx, caller)
-        _, frames = await node.storage.send(meta.content_hash, node.metrics.bytes_served.inc)
+        _, frames = await node.storage.send(
+            meta.content_hash, node.metrics.bytes_served.inc, remote=node.remote_chunks(meta)
+        )
         # No Content-Length: a chunk found missing or corrupt mid-stream ends the stream
         # early with an E frame, which a declared length would turn into a cut connection.
         return StreamingResponse(frames, media_type="application/vnd.medledger.frames")
@@ -398,7 +408,7 @@ def create_app(node: Node) -> FastAPI:
         except MedLedgerError as exc:
             node.metrics.key_releases.labels(outcome="refused").inc()
             raise exc
-        sealed = node.custodian.release(meta.creator, meta.content_hash, caller.public_key)
+        sealed = await node.release_for(meta, access_tx, caller.public_key)
         node.metrics.key_releases.labels(outcome="released").inc()
         log.info("custody.released", record_id=record_id, requester=caller.identity.id)
         return {"record_id": record_id, "sealed_key": sealed.hex()}
@@ -490,15 +500,64 @@ def create_app(node: Node) -> FastAPI:
                     result_path=inclusion_proof(res_leaves, idx),
                 )
             )
-            headers[height] = SignedHeader(header=block.header, commit=block.commit)
+            headers[height] = SignedHeader(
+                header=block.header, commit=block.commit, validators=node.validators_at(height)
+            )
         bundle = AuditProofBundle(
             chain_id=node.genesis.chain_id,
             subject=subject,
-            validators=node.validators,
             headers=[headers[h] for h in sorted(headers)],
             entries=entries,
         )
         return Response(encode_bundle(bundle), media_type="application/vnd.medledger.proof")
+
+    # ---- consortium membership -------------------------------------------------------------
+
+    @app.get("/api/v1/validators")
+    async def validators(caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        """The validator set in force, the one the ledger will use next, and jailed ones."""
+        current = node.validators_at(node.height + 1)
+        evidence = [
+            decode(v, EvidenceRecord) for _, v in node.reader.scan_prefix(p_evidence(), LIST_LIMIT)
+        ]
+        return {
+            "height": node.height,
+            "validators": [validator_json(v) for v in current],
+            "next": [validator_json(v) for v in node.app.query_validators()],
+            "jailed": [
+                {
+                    "validator": e.validator,
+                    "institution": e.institution,
+                    "height": e.height,
+                    "round": e.round,
+                    "vote_type": e.type,
+                    "committed_height": e.committed_height,
+                }
+                for e in evidence
+            ],
+        }
+
+    @app.get("/api/v1/governance/proposals")
+    async def proposals(caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
+        rows = node.reader.scan_prefix(b"v1/gov/", LIST_LIMIT)
+        out = []
+        for _, v in rows:
+            p = decode(v, GovProposal)
+            out.append(
+                {
+                    "id": p.id,
+                    "action": p.action,
+                    "institution": p.institution,
+                    "power": p.power,
+                    "proposer": p.proposer,
+                    "approvals": p.approvals,
+                    "rejections": p.rejections,
+                    "status": p.status,
+                    "height": p.height,
+                    "decided_height": p.decided_height,
+                }
+            )
+        return {"proposals": out}
 
     # ---- blocks ------------------------------------------------------------------------------------
 
@@ -521,6 +580,10 @@ def create_app(node: Node) -> FastAPI:
 def fast_json(doc: Any) -> Response:
     """JSON through msgspec, skipping FastAPI's per-field encoder (large batches)."""
     return Response(content=msgspec.json.encode(doc), media_type="application/json")
+
+
+def validator_json(v: Validator) -> dict[str, Any]:
+    return {"name": v.name, "id": v.id, "public_key": v.public_key.hex(), "power": v.power}
 
 
 def parse_hash(value: str) -> bytes:

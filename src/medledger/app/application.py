@@ -13,32 +13,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medledger.app import access
+from medledger.app import access, membership
+from medledger.app.membership import ValidatorList
 from medledger.app.model import (
     ACTIVE,
     ENROLL,
     INSTITUTION_RE,
+    PROPOSE_MEMBER,
     PURPOSES,
     READ_RECORD,
     RECORD_TYPE_RE,
     REGISTER_RECORD,
     ROLES,
+    SUBMIT_EVIDENCE,
     SUSPEND,
     SUSPENDED,
+    VOTE_MEMBER,
     EnrollBody,
+    EvidenceBody,
     Identity,
     Institution,
+    ProposeMemberBody,
     ReadRecordBody,
     RecordMeta,
     RegisterRecordBody,
     Role,
     SuspendBody,
+    VoteMemberBody,
     is_record_id,
     k_identity,
     k_institution,
     k_nonce,
     k_patient_record,
     k_record,
+    k_validators,
     record_id_for,
 )
 from medledger.app.state import StateView
@@ -46,7 +54,7 @@ from medledger.codec import Record, decode, decode_canonical, encode
 from medledger.crypto.cid import is_cid
 from medledger.crypto.keys import is_identity_id
 from medledger.errors import AuthError, Conflict, InvalidTransaction, MedLedgerError
-from medledger.ledger.block import Event, TxResult
+from medledger.ledger.block import Event, TxResult, Validator
 from medledger.ledger.genesis import Genesis
 from medledger.ledger.statetree import StateTree
 from medledger.ledger.tx import SignedTx
@@ -68,11 +76,19 @@ class BlockContext:
     proposer: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class FinalizedBlock:
+    """A block executed against the committed state, not yet committed.
+
+    ``validator_updates`` is the complete new validator set when the block changed
+    it (governance, jailing); consensus makes it effective two heights later.
+    """
+
     results: list[TxResult]
     app_hash: bytes
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    validator_updates: list[Validator] | None = None
+    undo: list[tuple[bytes, bytes | None]] = field(default_factory=list)
 
 
 class ExecError(MedLedgerError):
@@ -87,13 +103,17 @@ class Application:
         self.chain_id = genesis.chain_id
         self._committed = committed
         self.tree = StateTree()
-        self._pending: FinalizedBlock | None = None
+        self._applied: FinalizedBlock | None = None  # executed, in the tree, not committed
+        self._block_updates: list[Validator] | None = None
         self._decoded: dict[bytes, Any] = {}
         self._handlers: dict[str, tuple[type[Record], Callable[..., TxResult]]] = {
             ENROLL: (EnrollBody, self._enroll),
             SUSPEND: (SuspendBody, self._suspend),
             REGISTER_RECORD: (RegisterRecordBody, self._register_record),
             READ_RECORD: (ReadRecordBody, self._read_record),
+            PROPOSE_MEMBER: (ProposeMemberBody, self._propose_member),
+            VOTE_MEMBER: (VoteMemberBody, self._vote_member),
+            SUBMIT_EVIDENCE: (EvidenceBody, self._submit_evidence),
         }
 
     # ---- genesis -------------------------------------------------------------------
@@ -117,6 +137,26 @@ class Application:
                     enrolled_by="genesis",
                 ),
             )
+        by_name = {i.name for i in self.genesis.institutions}
+        for val in self.genesis.validators:
+            # a validator's node key is its institution's service identity (it submits
+            # evidence and serves the institution's systems)
+            if val.name in by_name:
+                view.put(
+                    k_identity(val.id),
+                    Identity(
+                        id=val.id,
+                        role=Role.SERVICE.value,
+                        institution=val.name,
+                        status=ACTIVE,
+                        enrolled_height=0,
+                        enrolled_by="genesis",
+                    ),
+                )
+        view.put(
+            k_validators(),
+            ValidatorList(validators=sorted(self.genesis.validators, key=lambda v: v.id)),
+        )
         return view.writes
 
     def load_tree(self, items: list[tuple[bytes, bytes]]) -> bytes:
@@ -170,26 +210,50 @@ class Application:
         self._active_sender(self.committed_view(), stx.tx.sender)
 
     def finalize_block(self, ctx: BlockContext, txs: list[SignedTx]) -> FinalizedBlock:
-        """Execute ``txs`` in order; signatures must be verified already."""
+        """Execute ``txs`` in order against the committed state (signatures verified).
+
+        Speculative: several blocks may be executed for one height (one per proposal);
+        the state tree holds at most one of them until :meth:`commit` picks one.
+        """
+        self.abandon()
         view = self.committed_view()
         results: list[TxResult] = []
+        self._block_updates = None
         for stx in txs:
             results.append(self._deliver(view, ctx, stx))
-        for key, value in view.writes.items():
-            self.tree.set(key, value)
-        app_hash = self.tree.root()
-        self._pending = FinalizedBlock(results=results, app_hash=app_hash, writes=view.writes)
-        return self._pending
+        updates, self._block_updates = self._block_updates, None
+        undo = self.tree.apply(view.writes)
+        fin = FinalizedBlock(
+            results=results,
+            app_hash=self.tree.root(),
+            writes=view.writes,
+            validator_updates=updates,
+            undo=undo,
+        )
+        self._applied = fin
+        return fin
 
-    def commit(self) -> dict[bytes, bytes | None]:
-        """Accept the last finalized block; return the writes to persist."""
-        if self._pending is None:
+    def abandon(self) -> None:
+        """Take an executed, uncommitted block back out of the state tree."""
+        if self._applied is not None:
+            self.tree.revert(self._applied.undo)
+            self._applied = None
+
+    def commit(self, fin: FinalizedBlock | None = None) -> dict[bytes, bytes | None]:
+        """Accept ``fin`` (default: the last executed block); return its writes to persist."""
+        if fin is None:
+            fin = self._applied
+        if fin is None:
             raise RuntimeError("commit without finalize_block")
-        writes = self._pending.writes
-        self._pending = None
-        for key in writes:
+        if fin is not self._applied:
+            self.abandon()
+            fin.undo = self.tree.apply(fin.writes)
+            if self.tree.root() != fin.app_hash:
+                raise RuntimeError("re-applied block does not reproduce its app hash")
+        self._applied = None
+        for key in fin.writes:
             self._decoded.pop(key, None)
-        return writes
+        return fin.writes
 
     def query_identity(self, id_: str) -> Identity | None:
         return self.committed_view().get(k_identity(id_), Identity)
@@ -367,6 +431,53 @@ class Application:
             detail=f"type={body.type} size={body.size}",
         )
         return _ok([ev], {"record_id": record_id})
+
+    # governance.propose / governance.vote / evidence.submit
+    def _propose_member(
+        self,
+        view: StateView,
+        ctx: BlockContext,
+        stx: SignedTx,
+        sender: Identity,
+        body: ProposeMemberBody,
+    ) -> TxResult:
+        return self._membership_tx(
+            lambda: membership.propose(view, ctx.height, stx.hash, sender, body)
+        )
+
+    def _vote_member(
+        self,
+        view: StateView,
+        ctx: BlockContext,
+        stx: SignedTx,
+        sender: Identity,
+        body: VoteMemberBody,
+    ) -> TxResult:
+        return self._membership_tx(lambda: membership.vote(view, ctx.height, sender, body))
+
+    def _submit_evidence(
+        self,
+        view: StateView,
+        ctx: BlockContext,
+        stx: SignedTx,
+        sender: Identity,
+        body: EvidenceBody,
+    ) -> TxResult:
+        return self._membership_tx(
+            lambda: membership.submit_evidence(view, ctx.height, sender, body)
+        )
+
+    def _membership_tx(self, fn: Callable[[], membership.Outcome]) -> TxResult:
+        try:
+            outcome = fn()
+        except membership.MembershipError as exc:
+            raise ExecError(exc.message, code=exc.code)
+        if outcome.validator_updates is not None:
+            self._block_updates = outcome.validator_updates
+        return _ok(outcome.events, outcome.data)
+
+    def query_validators(self) -> list[Validator]:
+        return membership.current_validators(self.committed_view())
 
     # record.read: the access event; custody releases the key only for an allowed one.
     def _read_record(

@@ -129,3 +129,88 @@ _RECORD_ID_RE = re.compile(r"r[0-9a-f]{32}")
 
 def is_record_id(value: str) -> bool:
     return _RECORD_ID_RE.fullmatch(value) is not None
+
+
+# ---- consortium membership: validator set, governance, evidence ----------------------
+
+PROPOSE_MEMBER = "governance.propose"
+VOTE_MEMBER = "governance.vote"
+SUBMIT_EVIDENCE = "evidence.submit"
+
+GOV_ADD = "add"
+GOV_REMOVE = "remove"
+GOV_OPEN = "open"
+GOV_PASSED = "passed"
+
+
+class ProposeMemberBody(Record, frozen=True):
+    action: str  # add | remove
+    institution: str
+    validator_public_key: bytes  # add: the new member's node key; remove: empty
+    admin_public_key: bytes  # add: the new member's admin key; remove: empty
+    power: int  # add: voting power; remove: 0
+
+
+class VoteMemberBody(Record, frozen=True):
+    proposal_id: str
+    approve: bool
+
+
+class EvidenceVote(Record, frozen=True):
+    """A signed consensus vote as evidence carries it (ledger.block.Vote fields)."""
+
+    chain_id: str
+    type: int
+    height: int
+    round: int
+    block_hash: bytes
+    time_ms: int
+    validator: str
+    signature: bytes
+
+
+class EvidenceBody(Record, frozen=True):
+    first: EvidenceVote
+    second: EvidenceVote
+
+
+class GovProposal(Record, frozen=True):
+    id: str
+    action: str
+    institution: str
+    validator_public_key: bytes
+    admin_public_key: bytes
+    power: int
+    proposer: str  # institution that proposed
+    approvals: list[str]  # institutions, sorted
+    rejections: list[str]
+    status: str
+    height: int
+    decided_height: int
+
+
+class EvidenceRecord(Record, frozen=True):
+    validator: str
+    institution: str
+    height: int
+    round: int
+    type: int
+    first_hash: bytes
+    second_hash: bytes
+    committed_height: int
+
+
+def k_validators() -> bytes:
+    return b"v1/valset"
+
+
+def k_proposal(proposal_id: str) -> bytes:
+    return b"v1/gov/" + proposal_id.encode()
+
+
+def k_evidence(validator_id: str) -> bytes:
+    return b"v1/evidence/" + validator_id.encode()
+
+
+def p_evidence() -> bytes:
+    return b"v1/evidence/"

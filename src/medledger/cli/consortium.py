@@ -19,7 +19,7 @@ from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
 from medledger.errors import InvalidInput, NodeError, Unavailable
 from medledger.ledger.block import Validator
 from medledger.ledger.genesis import ChainParams, Genesis, InstitutionGenesis, genesis_to_json
-from medledger.node.config import NodeConfig, config_path, load_config, save_config
+from medledger.node.config import NodeConfig, PeerConfig, config_path, load_config, save_config
 
 INSTITUTION_NAMES = [f"hospital-{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 
@@ -57,10 +57,14 @@ def init_consortium(
     insts: list[InstitutionGenesis] = []
     validators: list[Validator] = []
     out: dict[str, Any] = {"dir": str(root), "chain_id": chain_id, "institutions": []}
+    node_keys = {name: PrivateKey.generate() for name in names}
+    p2p_ports = {
+        name: (base_port + 100 + i if base_port else free_port()) for i, name in enumerate(names)
+    }
     for i, name in enumerate(names):
         home = root / name
         admin = PrivateKey.generate()
-        node_key = PrivateKey.generate()
+        node_key = node_keys[name]
         save_key_file(home / "admin.key", admin)
         save_key_file(home / "node.key", node_key)
         insts.append(
@@ -76,6 +80,18 @@ def init_consortium(
                 name=name,
                 chain_id=chain_id,
                 api_port=port,
+                p2p_port=p2p_ports[name],
+                peers=[
+                    PeerConfig(
+                        name=other,
+                        id=node_keys[other].id,
+                        public_key=node_keys[other].public_key.hex(),
+                        host="127.0.0.1",
+                        port=p2p_ports[other],
+                    )
+                    for other in names
+                    if other != name
+                ],
                 empty_block_interval_ms=empty_block_interval_ms,
             ),
         )
@@ -236,12 +252,14 @@ def status(root: Path) -> dict[str, Any]:
             "height": None,
             "app_hash": None,
             "validator": None,
+            "peers": [],
             "chain_id": cfg.chain_id,
         }
         if alive:
             try:
                 st = httpx.get(cfg.api_url() + "/api/v1/status", timeout=2.0).json()
                 entry.update(
+                    peers=st.get("peers", []),
                     running=True,
                     height=st["height"],
                     app_hash=st["app_hash"],

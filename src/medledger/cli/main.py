@@ -52,6 +52,11 @@ app.add_typer(identity_app, name="identity")
 app.add_typer(record_app, name="record")
 app.add_typer(node_app, name="node")
 app.add_typer(proof_app, name="proof")
+gov_app = typer.Typer(
+    help="Admit and remove member institutions (voted by 2/3+ of voting power).",
+    no_args_is_help=True,
+)
+app.add_typer(gov_app, name="governance")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -190,6 +195,118 @@ def node_start(
     from medledger.node.run import run_node
 
     run_node(home)
+
+
+@node_app.command("repair-wal")
+def node_repair_wal(
+    home: Annotated[Path, typer.Option("--home", help="The node's home directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Cut a damaged consensus write-ahead log at its first damaged record.
+
+    Run it only when the node refuses to start with WAL_CORRUPT, with the node
+    stopped. Records after the damage are lost; the node re-learns the current
+    height from its peers.
+    """
+    from medledger.consensus.wal import read_wal
+    from medledger.node.config import load_config
+
+    cfg = load_config(home)
+    path = home / cfg.data_dir / "consensus.wal"
+    before = path.stat().st_size if path.exists() else 0
+    records = read_wal(path, repair=True)
+    after = path.stat().st_size if path.exists() else 0
+    doc = {"wal": str(path), "records_kept": len(records), "bytes_cut": before - after}
+    emit(
+        doc, as_json, lambda: out.print(f"kept {len(records)} records, cut {before - after} bytes")
+    )
+
+
+@gov_app.command("propose")
+def governance_propose(
+    add: Annotated[str | None, typer.Option(help="Institution to admit.")] = None,
+    remove: Annotated[str | None, typer.Option(help="Member institution to remove.")] = None,
+    node_key: Annotated[
+        Path | None, typer.Option(help="Key file (or public key hex) of the new member's node.")
+    ] = None,
+    admin_key: Annotated[
+        Path | None, typer.Option(help="Key file (or public key hex) of the new member's admin.")
+    ] = None,
+    power: Annotated[int, typer.Option(help="Voting power of the new member.")] = 10,
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("admin.key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Propose admitting (--add) or removing (--remove) a member; counts as a yes vote."""
+    if (add is None) == (remove is None):
+        raise InvalidInput("give exactly one of --add or --remove", code="BAD_ARGUMENT")
+    with client_for(node, as_key) as c:
+        if add is not None:
+            if node_key is None or admin_key is None:
+                raise InvalidInput("--add needs --node-key and --admin-key", code="BAD_ARGUMENT")
+            r = c.propose_member(
+                "add",
+                add,
+                validator_public_key=_public_key_arg(node_key),
+                admin_public_key=_public_key_arg(admin_key),
+                power=power,
+            )
+        else:
+            assert remove is not None
+            r = c.propose_member("remove", remove)
+    data = r["data"]
+    emit(r, as_json, lambda: out.print(f"proposal {data['proposal_id']}: {data['status']}"))
+
+
+@gov_app.command("vote")
+def governance_vote(
+    proposal_id: str,
+    reject: Annotated[bool, typer.Option(help="Vote no (default: yes).")] = False,
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("admin.key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Vote on a membership proposal as your institution's admin."""
+    with client_for(node, as_key) as c:
+        r = c.vote_member(proposal_id, not reject)
+    data = r["data"]
+    emit(r, as_json, lambda: out.print(f"proposal {data['proposal_id']}: {data['status']}"))
+
+
+@gov_app.command("ls")
+def governance_ls(
+    node: NodeOpt = "", as_key: AsOpt = Path("admin.key"), as_json: JsonOpt = False
+) -> None:
+    """List membership proposals."""
+    with client_for(node, as_key) as c:
+        doc = c.get_json("/api/v1/governance/proposals")
+    emit(doc, as_json, lambda: out.print(doc))
+
+
+@app.command()
+def validators(node: NodeOpt = "", as_key: AsOpt = Path("key"), as_json: JsonOpt = False) -> None:
+    """Show the validator set, the next one, and jailed validators (with their evidence)."""
+    with client_for(node, as_key) as c:
+        doc = c.get_json("/api/v1/validators")
+
+    def human() -> None:
+        t = Table("institution", "id", "power")
+        for v in doc["validators"]:
+            t.add_row(v["name"], v["id"], str(v["power"]))
+        out.print(t)
+        for j in doc["jailed"]:
+            out.print(
+                f"jailed: {j['institution']} ({j['validator']}) for equivocation at height {j['height']}"
+            )
+
+    emit(doc, as_json, human)
+
+
+def _public_key_arg(value: Path) -> bytes:
+    text = str(value)
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return bytes.fromhex(text)
+    return load_key_file(value).public_key.raw
 
 
 # ---- keys ------------------------------------------------------------------------------

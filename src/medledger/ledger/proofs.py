@@ -34,6 +34,7 @@ MAGIC = b"MLPROOF1"
 class SignedHeader(Record, frozen=True):
     header: Header
     commit: Commit
+    validators: list[Validator]  # the set that signed this height
 
 
 class AuditProofEntry(Record, frozen=True):
@@ -48,7 +49,6 @@ class AuditProofEntry(Record, frozen=True):
 class AuditProofBundle(Record, frozen=True):
     chain_id: str
     subject: str
-    validators: list[Validator]
     headers: list[SignedHeader]
     entries: list[AuditProofEntry]
 
@@ -80,14 +80,22 @@ def verify_bundle(
 ) -> list[VerifiedEvent]:
     """Verify every entry; return the subject's events. Raise on any problem."""
     bundle = decode_bundle(data)
-    if trusted_validators is not None and encode(trusted_validators) != encode(bundle.validators):
-        raise IntegrityError("validator set differs from the trusted one", code="BAD_PROOF")
     headers: dict[int, Header] = {}
     for sh in bundle.headers:
         h = sh.header
         if h.chain_id != bundle.chain_id or h.height in headers:
             raise IntegrityError("header for another chain or repeated", code="BAD_PROOF")
-        verify_commit(h, sh.commit, bundle.validators)
+        if trusted_validators is not None and encode(
+            sorted(trusted_validators, key=lambda v: v.id)
+        ) != encode(sorted(sh.validators, key=lambda v: v.id)):
+            raise IntegrityError(
+                f"header {h.height} is signed by a validator set other than the trusted one",
+                code="BAD_PROOF",
+            )
+        try:
+            verify_commit(h, sh.commit, sh.validators)
+        except IntegrityError as exc:
+            raise IntegrityError(f"header {h.height}: {exc.message}", code="BAD_PROOF")
         headers[h.height] = h
     out: list[VerifiedEvent] = []
     seen: set[tuple[int, int]] = set()

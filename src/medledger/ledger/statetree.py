@@ -93,6 +93,31 @@ class StateTree:
             bucket[key] = value_hash(value)
         self._dirty.add(b)
 
+    def apply(self, writes: dict[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
+        """Apply ``writes``; return an undo log for :meth:`revert`."""
+        undo: list[tuple[bytes, bytes | None]] = []
+        for key, value in writes.items():
+            bucket = self._buckets.get(bucket_of(key))
+            undo.append((key, None if bucket is None else bucket.get(key)))
+            self.set(key, value)
+        return undo
+
+    def revert(self, undo: list[tuple[bytes, bytes | None]]) -> None:
+        """Undo an :meth:`apply` (the last one not yet reverted)."""
+        for key, old_hash in reversed(undo):
+            b = bucket_of(key)
+            bucket = self._buckets.get(b)
+            if old_hash is None:
+                if bucket is not None:
+                    bucket.pop(key, None)
+                    if not bucket:
+                        del self._buckets[b]
+            else:
+                if bucket is None:
+                    bucket = self._buckets[b] = {}
+                bucket[key] = old_hash
+            self._dirty.add(b)
+
     def load(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         for key, value in items:
             self.set(key, value)

@@ -126,8 +126,9 @@ class LedgerStore:
         results: list[TxResult],
         commit: Commit,
         writes: dict[bytes, bytes | None],
+        meta: dict[str, bytes] | None = None,
     ) -> None:
-        """Persist a block and its state writes atomically and durably."""
+        """Persist a block, its state writes and consensus ``meta`` atomically and durably."""
         h = header.height
         audit_rows = [
             (ev.subject, h, i, j)
@@ -147,6 +148,8 @@ class LedgerStore:
             if audit_rows:
                 self._db.executemany("INSERT INTO audit_index VALUES (?, ?, ?, ?)", audit_rows)
             self._apply_writes(writes)
+            for key, value in (meta or {}).items():
+                self.set_meta(key, value)
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db, self._lock)

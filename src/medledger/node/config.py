@@ -10,6 +10,14 @@ import msgspec
 from medledger.errors import InvalidInput
 
 
+class PeerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    id: str
+    public_key: str  # hex Ed25519 node key
+    host: str
+    port: int
+
+
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     chain_id: str
@@ -22,6 +30,12 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     empty_block_interval_ms: int | None = None
     log_level: str = "info"
     request_max_skew_ms: int = 300_000
+    p2p_host: str = "127.0.0.1"
+    p2p_port: int = 0
+    peers: list[PeerConfig] = msgspec.field(default_factory=list)
+    timeout_propose_ms: int = 1000
+    timeout_vote_ms: int = 500
+    timeout_delta_ms: int = 500
 
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"

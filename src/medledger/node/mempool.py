@@ -26,6 +26,9 @@ class Mempool:
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._txs
 
+    def get(self, tx_hash: bytes) -> SignedTx | None:
+        return self._txs.get(tx_hash)
+
     def pending_nonce(self, sender: str) -> int | None:
         return self._next_nonce.get(sender)
 

@@ -1,33 +1,36 @@
-"""The node driver: mempool, block production, storage and custody wiring.
+"""The node: application, stores, mempool, storage, custody, and the consensus driver.
 
-The protocol logic lives in pure cores (``consensus.solo.SoloCore``,
-``app.Application``); this module does the clock, the disk and the tasks.
+The protocol logic lives in pure cores (``consensus.tendermint``,
+``app.Application``); ``node.driver`` runs consensus; this module holds the
+node's state and does block building, validation and durable commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from medledger.app.application import Application, BlockContext
-from medledger.app.model import REGISTER_RECORD, RegisterRecordBody, k_nonce
-from medledger.codec import decode
-from medledger.consensus.solo import (
-    Action,
-    BlockCommitted,
-    ProposeBlock,
-    ScheduleTick,
-    SoloCore,
-    Tick,
-    TxsAvailable,
+from medledger.app.application import Application, BlockContext, FinalizedBlock
+from medledger.app.membership import evidence_vote
+from medledger.app.model import (
+    REGISTER_RECORD,
+    SUBMIT_EVIDENCE,
+    EvidenceBody,
+    RecordMeta,
+    RegisterRecordBody,
+    k_nonce,
 )
-from medledger.crypto.keys import PrivateKey, load_key_file
+from medledger.codec import decode
+from medledger.consensus.types import SignedVote, TimeoutConfig
+from medledger.crypto.keys import PrivateKey, PublicKey, identity_id_for, load_key_file
+from medledger.custody.gate import AccessProof, check_release
 from medledger.custody.local import LocalCustodian
 from medledger.errors import (
+    Forbidden,
     InvalidTransaction,
     MedLedgerError,
     NodeError,
@@ -38,18 +41,20 @@ from medledger.ledger.block import (
     Commit,
     Header,
     TxResult,
+    Validator,
     result_leaf,
-    sign_commit_vote,
-    validators_hash,
 )
 from medledger.ledger.genesis import Genesis, load_genesis
 from medledger.ledger.merkle import merkle_root
 from medledger.ledger.store import LedgerStore, StoredBlock
-from medledger.ledger.tx import SignedTx, decode_envelope
+from medledger.ledger.tx import SignedTx, decode_envelope, make_tx, tx_hash
 from medledger.log import get_logger
 from medledger.node.config import NodeConfig, load_config
+from medledger.node.driver import ConsensusDriver
 from medledger.node.mempool import Mempool
 from medledger.node.metrics import NodeMetrics
+from medledger.node.wire import Block
+from medledger.p2p.peers import PeerAddress, PeerManager
 from medledger.storage.chunkstore import LocalChunkStore
 from medledger.storage.manifest import decode_manifest
 from medledger.storage.service import StorageService
@@ -75,6 +80,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class InvalidBlock(MedLedgerError):
+    default_code = "BAD_BLOCK"
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     tx_hash: bytes
@@ -93,8 +102,6 @@ class Node:
         self.params = self.genesis.params
         self.node_key: PrivateKey = load_key_file(home / self.config.node_key_file)
         self.validators = list(self.genesis.validators)
-        self.validators_hash = validators_hash(self.validators)
-        self.is_validator = any(v.id == self.node_key.id for v in self.validators)
         data = home / self.config.data_dir
         data.mkdir(parents=True, exist_ok=True)
         self.store = LedgerStore(data / "ledger.sqlite")
@@ -110,19 +117,11 @@ class Node:
         )
         self.last_header: Header | None = None
         self.app_hash = b""
+        self.driver: ConsensusDriver | None = None
         self._recover()
-        self.core = SoloCore(
-            height=self.height,
-            last_block_time_ms=(
-                self.last_header.time_ms if self.last_header else self.genesis.genesis_time_ms
-            ),
-            min_interval_ms=self.config.min_block_interval_ms,
-            empty_block_interval_ms=self.config.empty_block_interval_ms,
-            last_commit_at_ms=now_ms(),
-        )
         self._waiters: dict[bytes, list[asyncio.Future[Receipt]]] = {}
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.peers: PeerManager | None = None
+        self._empty_task: asyncio.Task[None] | None = None
         self.block_lock = asyncio.Lock()
         self._stopping = False
         self.fatal = False
@@ -131,6 +130,19 @@ class Node:
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
 
     # ---- start-up and recovery -------------------------------------------------------
+
+    def validators_at(self, height: int) -> list[Validator]:
+        """The validator set that signed ``height``."""
+        if self.driver is not None:
+            return list(self.driver.load_vset(height).validators)
+        return list(self.genesis.validators)
+
+    @property
+    def is_validator(self) -> bool:
+        """Whether this node votes at the current height (false for observers)."""
+        if self.driver is not None:
+            return self.driver.vset.power(self.node_key.id) > 0
+        return any(v.id == self.node_key.id for v in self.validators)
 
     @property
     def height(self) -> int:
@@ -167,22 +179,68 @@ class Node:
         self.metrics.height.set(height)
 
     async def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run_core(), name="block-producer")
-        if self.config.empty_block_interval_ms is not None:
-            self._wake.set()
+        cfg = self.config
+        if cfg.peers:
+            self.peers = PeerManager(
+                self.node_key,
+                chain_id=self.genesis.chain_id,
+                listen_host=cfg.p2p_host,
+                listen_port=cfg.p2p_port,
+                peers=[
+                    PeerAddress(
+                        id=p.id, public_key=bytes.fromhex(p.public_key), host=p.host, port=p.port
+                    )
+                    for p in cfg.peers
+                ],
+                on_message=self._on_peer_message,
+                allowed=self._peer_allowed,
+            )
+            await self.peers.start()
+        self.driver = ConsensusDriver(
+            self,
+            self.peers,
+            TimeoutConfig(
+                propose_ms=cfg.timeout_propose_ms,
+                propose_delta_ms=cfg.timeout_delta_ms,
+                prevote_ms=cfg.timeout_vote_ms,
+                prevote_delta_ms=cfg.timeout_delta_ms,
+                precommit_ms=cfg.timeout_vote_ms,
+                precommit_delta_ms=cfg.timeout_delta_ms,
+            ),
+        )
+        self.driver.on_evidence = self._submit_evidence
+        await self.driver.start()
+        if cfg.empty_block_interval_ms is not None:
+            self._empty_task = asyncio.create_task(self._empty_blocks(cfg.empty_block_interval_ms))
+
+    async def _on_peer_message(self, peer_id: str, data: bytes) -> None:
+        if self.driver is not None:
+            await self.driver.on_message(peer_id, data)
+
+    def _peer_allowed(self, public_key: bytes) -> bool:
+        """Members' and observers' node keys: enrolled, active service identities."""
+        ident = self.app.query_identity(identity_id_for(public_key))
+        if ident is not None and ident.status == "active" and ident.role == "service":
+            return True
+        return any(p.public_key == public_key.hex() for p in self.config.peers)
+
+    async def _empty_blocks(self, interval_ms: int) -> None:
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            if self.driver is not None:
+                self.driver.wake()
 
     async def stop(self) -> None:
         self._stopping = True
         if not self.fatal:
             async with self.block_lock:  # let a block being written finish
                 pass
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._empty_task is not None:
+            self._empty_task.cancel()
+        if self.driver is not None:
+            await self.driver.stop()
+        if self.peers is not None:
+            await self.peers.stop()
         for futs in self._waiters.values():
             for f in futs:
                 if not f.done():
@@ -202,7 +260,7 @@ class Node:
         pending = self.mempool.pending_nonce(sender)
         return self.committed_nonce(sender) if pending is None else pending
 
-    def submit(self, raw: bytes) -> SignedTx:
+    def submit(self, raw: bytes, *, gossip: bool = True) -> SignedTx:
         """Admit one transaction to the mempool or raise a typed error."""
         try:
             stx = decode_envelope(raw, max_bytes=self.params.max_tx_bytes)
@@ -211,9 +269,11 @@ class Node:
         except MedLedgerError as exc:
             self._rejected(exc)
             raise
-        return self._admit(stx)
+        return self._admit(stx, gossip=gossip)
 
-    async def submit_many(self, raws: list[bytes]) -> list[SignedTx | MedLedgerError]:
+    async def submit_many(
+        self, raws: list[bytes], *, gossip: bool = True
+    ) -> list[SignedTx | MedLedgerError]:
         """Admit a batch: signatures verified in parallel (libsodium releases the GIL),
         then admitted in order. Each transaction is verified exactly once."""
         decoded: list[SignedTx | MedLedgerError] = []
@@ -243,7 +303,7 @@ class Node:
                 out.append(bad)
                 continue
             try:
-                out.append(self._admit(d))
+                out.append(self._admit(d, gossip=gossip))
             except MedLedgerError as exc:
                 out.append(exc)
         return out
@@ -252,7 +312,7 @@ class Node:
         self.metrics.tx_rejected.labels(code=exc.code).inc()
         log.info("tx.rejected", code=exc.code)
 
-    def _admit(self, stx: SignedTx) -> SignedTx:
+    def _admit(self, stx: SignedTx, *, gossip: bool = True) -> SignedTx:
         """Admission of a transaction whose signature is verified."""
         try:
             self.mempool.check_room(stx)
@@ -262,8 +322,11 @@ class Node:
         except MedLedgerError as exc:
             self._rejected(exc)
             raise
-        if self._wake is not None:
-            self._wake.set()
+        if gossip and self.driver is not None:
+            self.driver.gossip_tx(stx.raw)
+            self.driver.wake()
+        elif self.driver is not None:
+            self.driver.wake()
         return stx
 
     def _admission_checks(self, stx: SignedTx) -> None:
@@ -372,105 +435,86 @@ class Node:
 
     # ---- block production --------------------------------------------------------------
 
-    async def _run_core(self) -> None:
-        """Drive the producer core. A failure to execute or persist a block is fatal:
-        the in-memory state may be ahead of the disk, so the node stops (fail-stop)
-        and a restart recovers from the last durable block."""
-        try:
-            await self._drive_core()
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
-            log.critical("node.halted", reason="block production failed; restart to recover")
-            self.fatal = True
-            if self.on_fatal is not None:
-                self.on_fatal()
-            raise
+    # ---- blocks -------------------------------------------------------------------------
 
-    async def _drive_core(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            await self._wake.wait()
-            self._wake.clear()
-            now = now_ms()
-            event = TxsAvailable(now) if len(self.mempool) else Tick(now)
-            actions = self.core.handle(event)
-            while actions:
-                actions = await self._perform(actions, loop)
+    def build_block(
+        self, height: int, time_ms: int, last_commit: Commit | None, vset_hash: bytes
+    ) -> tuple[Block, FinalizedBlock]:
+        """Reap the mempool into a block and execute it (speculatively)."""
+        txs = self.mempool.reap(self.params.max_block_txs, self.params.max_block_bytes)
+        ctx = BlockContext(height=height, time_ms=time_ms, proposer=self.node_key.id)
+        fin = self.app.finalize_block(ctx, txs)
+        raws = [t.raw for t in txs]
+        header = Header(
+            chain_id=self.genesis.chain_id,
+            height=height,
+            time_ms=time_ms,
+            prev_hash=self.last_header.hash() if self.last_header else self.genesis.hash(),
+            tx_root=merkle_root(raws),
+            results_root=merkle_root(
+                [result_leaf(t.hash, r) for t, r in zip(txs, fin.results, strict=True)]
+            ),
+            app_hash=fin.app_hash,
+            validators_hash=vset_hash,
+            proposer=self.node_key.id,
+            tx_count=len(txs),
+        )
+        return Block(header=header, txs=raws, last_commit=last_commit), fin
 
-    async def _perform(
-        self, actions: list[Action], loop: asyncio.AbstractEventLoop
-    ) -> list[Action]:
-        follow: list[Action] = []
-        for action in actions:
-            if isinstance(action, ScheduleTick):
-                delay = max(0.0, (action.at_ms - now_ms()) / 1000)
-                wake = self._wake
-                assert wake is not None
-                loop.call_later(delay, wake.set)
-            elif isinstance(action, ProposeBlock):
-                if not self.is_validator:
-                    continue
-                try:
-                    await self._produce(action.height, action.time_ms)
-                except Exception:
-                    log.exception("block.failed", height=action.height)
-                    raise
-                follow.extend(
-                    self.core.handle(
-                        BlockCommitted(
-                            height=action.height,
-                            time_ms=action.time_ms,
-                            now_ms=now_ms(),
-                            txs_remaining=len(self.mempool) > 0,
-                        )
-                    )
-                )
-        return follow
+    def execute_block(self, block: Block) -> FinalizedBlock:
+        """Validate a peer's block by executing it; raise unless it reproduces its header."""
+        h = block.header
+        if h.chain_id != self.genesis.chain_id:
+            raise InvalidBlock("block for another chain", code="BAD_BLOCK")
+        expected_prev = self.last_header.hash() if self.last_header else self.genesis.hash()
+        if h.prev_hash != expected_prev or h.height != self.height + 1:
+            raise InvalidBlock("block does not extend this chain", code="BAD_BLOCK")
+        if len(block.txs) != h.tx_count or len(block.txs) > self.params.max_block_txs:
+            raise InvalidBlock("block has the wrong number of transactions", code="BAD_BLOCK")
+        if merkle_root(block.txs) != h.tx_root:
+            raise InvalidBlock("transactions do not match the header", code="BAD_BLOCK")
+        txs = [self._known_or_verified(raw) for raw in block.txs]
+        ctx = BlockContext(height=h.height, time_ms=h.time_ms, proposer=h.proposer)
+        fin = self.app.finalize_block(ctx, txs)
+        results_root = merkle_root(
+            [result_leaf(t.hash, r) for t, r in zip(txs, fin.results, strict=True)]
+        )
+        if fin.app_hash != h.app_hash or results_root != h.results_root:
+            self.app.abandon()
+            raise InvalidBlock("executing the block gives another state", code="BAD_APP_HASH")
+        return fin
 
-    async def _produce(self, height: int, time_ms: int) -> None:
+    def _known_or_verified(self, raw: bytes) -> SignedTx:
+        stx = decode_envelope(raw, max_bytes=self.params.max_tx_bytes)
+        known = self.mempool.get(stx.hash)
+        if known is not None:
+            return known  # verified once, at admission
+        stx.verify_signature()
+        return stx
+
+    async def commit_block(
+        self, block: Block, fin: FinalizedBlock, commit: Commit, meta: dict[str, bytes]
+    ) -> None:
+        """Durably commit a decided block: state, block, indexes and consensus meta."""
         started = time.perf_counter()
+        header = block.header
+        height = header.height
+        hashes = [tx_hash(raw) for raw in block.txs]
         async with self.block_lock:
-            txs = self.mempool.reap(self.params.max_block_txs, self.params.max_block_bytes)
-            ctx = BlockContext(height=height, time_ms=time_ms, proposer=self.node_key.id)
-            fin = self.app.finalize_block(ctx, txs)
-            raws = [t.raw for t in txs]
-            hashes = [t.hash for t in txs]
-            header = Header(
-                chain_id=self.genesis.chain_id,
-                height=height,
-                time_ms=time_ms,
-                prev_hash=self.last_header.hash() if self.last_header else self.genesis.hash(),
-                tx_root=merkle_root(raws),
-                results_root=merkle_root(
-                    [result_leaf(h, r) for h, r in zip(hashes, fin.results, strict=True)]
-                ),
-                app_hash=fin.app_hash,
-                validators_hash=self.validators_hash,
-                proposer=self.node_key.id,
-                tx_count=len(txs),
-            )
-            commit = Commit(
-                height=height,
-                round=0,
-                block_hash=header.hash(),
-                signatures=[
-                    sign_commit_vote(self.node_key, self.genesis.chain_id, header, 0, time_ms)
-                ],
-            )
-            writes = self.app.commit()
+            writes = self.app.commit(fin)
             for key, value in writes.items():
                 if value is None:
                     self.state.pop(key, None)
                 else:
                     self.state[key] = value
             await asyncio.to_thread(
-                self.store.save_block, header, raws, hashes, fin.results, commit, writes
+                self.store.save_block, header, block.txs, hashes, fin.results, commit, writes, meta
             )
             self.last_header = header
             self.app_hash = fin.app_hash
-        evicted = self.mempool.remove_committed(txs, self._recheck, self.committed_nonce)
+            self.validators = self.app.query_validators()
+        committed = [t for t in (self.mempool.get(h) for h in hashes) if t is not None]
+        evicted = self.mempool.remove_committed(committed, self._recheck, self.committed_nonce)
         for stx in evicted:
             for f in self._waiters.pop(stx.hash, []):
                 if not f.done():
@@ -488,11 +532,88 @@ class Node:
                     if not f.done():
                         f.set_result(receipt)
         self.metrics.height.set(height)
-        self.metrics.txs_committed.inc(len(txs))
-        self.metrics.block_txs.observe(len(txs))
+        self.metrics.txs_committed.inc(len(block.txs))
+        self.metrics.block_txs.observe(len(block.txs))
         self.metrics.block_seconds.observe(time.perf_counter() - started)
         self.metrics.mempool_txs.set(len(self.mempool))
-        log.debug("block.committed", height=height, txs=len(txs))
+        log.debug("block.committed", height=height, txs=len(block.txs))
+
+    # ---- custody across members ------------------------------------------------------------
+
+    def release_key(self, record_id: str, access_tx: bytes, requester_pk: bytes) -> bytes:
+        """Release a record's key, sealed to the requester, after the committed gate."""
+        meta = self.app.query_record(record_id)
+        if meta is None:
+            raise NotFound("record not found", code="RECORD_NOT_FOUND")
+        receipt = self.receipt(access_tx)
+        if receipt is None:
+            raise Forbidden("the access event is not committed", code="ACCESS_NOT_COMMITTED")
+        block = self.block(receipt.height)
+        stx = decode_envelope(block.txs[receipt.index])
+        if stx.public_key != requester_pk:
+            raise Forbidden(
+                "the access event is not this requester's", code="ACCESS_EVENT_MISMATCH"
+            )
+        latest = self.last_header.time_ms if self.last_header else block.header.time_ms
+        check_release(
+            AccessProof(
+                tx=stx.tx,
+                result=receipt.result,
+                block_time_ms=block.header.time_ms,
+                latest_time_ms=max(latest, now_ms()),
+            ),
+            record_id=record_id,
+            requester=stx.tx.sender,
+            ttl_ms=self.params.access_grant_ttl_ms,
+        )
+        return self.custodian.release(meta.creator, meta.content_hash, PublicKey(requester_pk))
+
+    def holder_peer(self, meta: RecordMeta) -> str | None:
+        """The member node holding a record's content and key, if it is not this one."""
+        if self.driver is None or meta.institution == self.config.name:
+            return None
+        return self.driver.peer_for_institution(meta.institution)
+
+    def remote_chunks(self, meta: RecordMeta) -> Callable[[str], Awaitable[bytes]] | None:
+        peer = self.holder_peer(meta)
+        driver = self.driver
+        if peer is None or driver is None:
+            return None
+
+        async def fetch(cid: str) -> bytes:
+            return await driver.fetch_chunk(peer, cid)
+
+        return fetch
+
+    async def release_for(self, meta: RecordMeta, access_tx: str, requester: PublicKey) -> bytes:
+        """This custodian's key release, or the holding member's (which checks the gate
+        itself against its own copy of the ledger)."""
+        if self.custodian.has(meta.creator, meta.content_hash):
+            return self.custodian.release(meta.creator, meta.content_hash, requester)
+        peer = self.holder_peer(meta)
+        if peer is None or self.driver is None:
+            raise NotFound("no key is held for this record", code="KEY_NOT_FOUND")
+        return await self.driver.fetch_key(
+            peer, meta.record_id, bytes.fromhex(access_tx), requester.raw
+        )
+
+    def _submit_evidence(self, first: SignedVote, second: SignedVote) -> None:
+        """Turn an equivocation the core saw into an on-chain evidence transaction."""
+        body = EvidenceBody(
+            first=evidence_vote(first.vote, first.signature),
+            second=evidence_vote(second.vote, second.signature),
+        )
+        raw = make_tx(
+            self.node_key,
+            chain_id=self.genesis.chain_id,
+            nonce=self.next_nonce(self.node_key.id),
+            kind=SUBMIT_EVIDENCE,
+            body=body,
+        )
+        try:
+            self.submit(raw)
+        except MedLedgerError as exc:
+            log.warning("evidence.not_submitted", code=exc.code)
 
     def _recheck(self, stx: SignedTx, expected: int) -> bool:
         """Cheap re-check after a block: the sender is still active (nonce is checked

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,6 +21,7 @@ from medledger.storage.chunkstore import LocalChunkStore
 from medledger.storage.manifest import MAX_CHUNK_SIZE, Manifest, decode_manifest
 
 WINDOW = 8  # chunks in flight per stream (8 x 256 KiB = 2 MiB)
+RemoteFetch = Callable[[str], Awaitable[bytes]]
 
 
 @dataclass
@@ -110,17 +111,35 @@ class StorageService:
                 for cid in new:
                     self.chunks.delete(cid)
 
+    async def fetch(self, cid: str, remote: RemoteFetch | None) -> bytes:
+        """A chunk from this node, or else from ``remote`` (verified, then kept here)."""
+        try:
+            return await asyncio.to_thread(self.chunks.get, cid)
+        except MedLedgerError as exc:
+            if remote is None or exc.code not in ("CHUNK_NOT_FOUND", "CHUNK_CORRUPT"):
+                raise
+        data = await remote(cid)
+        await asyncio.to_thread(self.chunks.put, cid, data)  # verifies the CID
+        return data
+
     async def send(
-        self, manifest_cid: str, on_bytes: Callable[[int], None] | None = None
+        self,
+        manifest_cid: str,
+        on_bytes: Callable[[int], None] | None = None,
+        remote: RemoteFetch | None = None,
     ) -> tuple[Manifest, AsyncIterator[bytes]]:
         """The manifest and a frame stream of it and its chunks, each verified on read.
 
-        A chunk that is missing or corrupt ends the stream with an ``E`` frame
-        carrying the error code (the HTTP status is already sent by then).
+        Chunks this node lacks come from ``remote`` (the member institution that
+        holds the record) and are kept. A chunk that is missing or corrupt
+        everywhere ends the stream with an ``E`` frame carrying the error code
+        (the HTTP status is already sent by then).
         """
-        manifest_bytes = await asyncio.to_thread(self.chunks.get, manifest_cid)
+        manifest_bytes = await self.fetch(manifest_cid, remote)
         manifest = decode_manifest(manifest_bytes)
         pool = self._pool
+        if remote is not None:
+            return manifest, self._frames_via(manifest_bytes, manifest, remote, on_bytes)
 
         async def frames() -> AsyncIterator[bytes]:
             yield framing.frame(framing.MANIFEST, manifest_bytes)
@@ -150,3 +169,22 @@ class StorageService:
                     fut.cancel()
 
         return manifest, frames()
+
+    async def _frames_via(
+        self,
+        manifest_bytes: bytes,
+        manifest: Manifest,
+        remote: RemoteFetch,
+        on_bytes: Callable[[int], None] | None,
+    ) -> AsyncIterator[bytes]:
+        yield framing.frame(framing.MANIFEST, manifest_bytes)
+        for ref in manifest.chunks:
+            try:
+                data = await self.fetch(ref.cid, remote)
+            except MedLedgerError as exc:
+                yield framing.frame(framing.ERROR, msgspec.json.encode(exc.to_dict()))
+                return
+            if on_bytes is not None:
+                on_bytes(len(data))
+            yield framing.frame_header(framing.CHUNK, len(data))
+            yield data

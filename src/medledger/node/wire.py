@@ -1,0 +1,125 @@
+"""Messages exchanged between member nodes over ``p2p`` (canonical msgpack).
+
+Every message is ``Envelope(kind, body)``; ``body`` is the canonical encoding of
+the kind's struct. Nodes verify every signature they relay or act on; the p2p
+layer only authenticates which member sent the bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medledger.codec import Record, decode_canonical, encode
+from medledger.consensus.types import SignedProposal, SignedVote
+from medledger.errors import DecodeError, InvalidInput
+from medledger.ledger.block import Commit, Header
+
+PROPOSAL = 1
+VOTE = 2
+TXS = 3
+STATUS = 4
+BLOCK_REQUEST = 5
+BLOCK_RESPONSE = 6
+CHUNK_REQUEST = 7
+CHUNK_RESPONSE = 8
+KEY_REQUEST = 9
+KEY_RESPONSE = 10
+
+
+class Envelope(Record, frozen=True):
+    kind: int
+    body: bytes
+
+
+class Block(Record, frozen=True):
+    """A proposed or committed block: header, transactions, and the commit of the
+    previous height that the header's BFT time is derived from."""
+
+    header: Header
+    txs: list[bytes]
+    last_commit: Commit | None
+
+
+class ProposalMsg(Record, frozen=True):
+    proposal: SignedProposal
+    block: Block
+
+
+class VoteMsg(Record, frozen=True):
+    vote: SignedVote
+
+
+class TxsMsg(Record, frozen=True):
+    txs: list[bytes]
+
+
+class StatusMsg(Record, frozen=True):
+    height: int
+    block_hash: bytes
+
+
+class BlockRequest(Record, frozen=True):
+    height: int
+
+
+class BlockResponse(Record, frozen=True):
+    height: int
+    block: Block | None
+    commit: Commit | None
+
+
+class ChunkRequest(Record, frozen=True):
+    request_id: int
+    cid: str
+
+
+class ChunkResponse(Record, frozen=True):
+    request_id: int
+    data: bytes
+    error: str  # "" or an error code
+
+
+class KeyRequest(Record, frozen=True):
+    request_id: int
+    record_id: str
+    access_tx: bytes
+    requester_public_key: bytes
+
+
+class KeyResponse(Record, frozen=True):
+    request_id: int
+    sealed_key: bytes
+    error: str
+    message: str
+
+
+_TYPES: dict[int, type[Any]] = {
+    PROPOSAL: ProposalMsg,
+    VOTE: VoteMsg,
+    TXS: TxsMsg,
+    STATUS: StatusMsg,
+    BLOCK_REQUEST: BlockRequest,
+    BLOCK_RESPONSE: BlockResponse,
+    CHUNK_REQUEST: ChunkRequest,
+    CHUNK_RESPONSE: ChunkResponse,
+    KEY_REQUEST: KeyRequest,
+    KEY_RESPONSE: KeyResponse,
+}
+_KINDS = {t: k for k, t in _TYPES.items()}
+
+
+def pack(message: Record) -> bytes:
+    return encode(Envelope(kind=_KINDS[type(message)], body=encode(message)))
+
+
+def unpack(data: bytes) -> Record:
+    """Decode a peer's message; raise :class:`InvalidInput` on anything malformed."""
+    try:
+        env = decode_canonical(data, Envelope)
+        type_ = _TYPES.get(env.kind)
+        if type_ is None:
+            raise InvalidInput("unknown message kind", code="BAD_MESSAGE")
+        msg: Record = decode_canonical(env.body, type_)
+        return msg
+    except DecodeError as exc:
+        raise InvalidInput(f"malformed peer message: {exc.message}", code="BAD_MESSAGE")
