@@ -89,6 +89,7 @@ class FinalizedBlock:
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
     validator_updates: list[Validator] | None = None
     undo: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    tx_hashes: list[bytes] = field(default_factory=list)
 
 
 class ExecError(MedLedgerError):
@@ -229,6 +230,7 @@ class Application:
             writes=view.writes,
             validator_updates=updates,
             undo=undo,
+            tx_hashes=[t.hash for t in txs],
         )
         self._applied = fin
         return fin

@@ -118,6 +118,77 @@ def init_consortium(
     return out
 
 
+def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> dict[str, Any]:
+    """Prepare a new member (or observer) node next to the consortium's nodes.
+
+    The new node gets keys, the consortium's genesis, and every existing node as a
+    peer; the existing nodes' configs list it too (used from their next restart).
+    It becomes a validator only once a governance proposal admitting it passes
+    (``medledger governance propose --add NAME --node-key ... --admin-key ...``); an
+    observer's node key is instead enrolled by an admin as a ``service`` identity.
+    """
+    from medledger.app.model import INSTITUTION_RE
+
+    if not INSTITUTION_RE.match(name):
+        raise InvalidInput("name must match [a-z0-9][a-z0-9-]{0,31}", code="BAD_ARGUMENT")
+    homes = node_homes(root)
+    home = root / name
+    if home.exists():
+        raise InvalidInput(f"{home} already exists", code="DIR_NOT_EMPTY")
+    genesis_text = (root / "genesis.json").read_text()
+    admin = PrivateKey.generate()
+    node_key = PrivateKey.generate()
+    save_key_file(home / "admin.key", admin)
+    save_key_file(home / "node.key", node_key)
+    (home / "genesis.json").write_text(genesis_text)
+    peers = []
+    for other in homes:
+        cfg = load_config(other)
+        key = load_key_file(other / cfg.node_key_file)
+        peers.append(
+            PeerConfig(
+                name=cfg.name,
+                id=key.id,
+                public_key=key.public_key.hex(),
+                host=cfg.p2p_host,
+                port=cfg.p2p_port,
+            )
+        )
+    first = load_config(homes[0])
+    config = NodeConfig(
+        name=name,
+        chain_id=first.chain_id,
+        api_port=base_port if base_port else free_port(),
+        p2p_port=base_port + 100 if base_port else free_port(),
+        peers=peers,
+        empty_block_interval_ms=first.empty_block_interval_ms,
+    )
+    save_config(home, config)
+    me = PeerConfig(
+        name=name,
+        id=node_key.id,
+        public_key=node_key.public_key.hex(),
+        host=config.p2p_host,
+        port=config.p2p_port,
+    )
+    for other in homes:
+        cfg = load_config(other)
+        if all(p.id != me.id for p in cfg.peers):
+            cfg.peers.append(me)
+            save_config(other, cfg)
+    return {
+        "name": name,
+        "home": str(home),
+        "api": config.api_url(),
+        "node_id": node_key.id,
+        "node_public_key": node_key.public_key.hex(),
+        "admin_id": admin.id,
+        "admin_public_key": admin.public_key.hex(),
+        "node_key": str(home / "node.key"),
+        "admin_key": str(home / "admin.key"),
+    }
+
+
 def node_homes(root: Path) -> list[Path]:
     if not root.is_dir():
         raise InvalidInput(f"{root} is not a consortium directory", code="NOT_A_CONSORTIUM")

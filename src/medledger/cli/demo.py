@@ -31,6 +31,8 @@ def _key(path: Path) -> PrivateKey:
 
 def run_demo(root: Path, institutions: int, out: Console) -> None:
     fresh = not (root / "genesis.json").exists()
+    if not fresh and len(consortium.node_homes(root)) != institutions:
+        out.print(f"[yellow]{root} holds another consortium; remove it or pass --dir[/]")
     if fresh:
         out.print(f"[bold]Creating a {institutions}-institution consortium in {root}[/]")
         consortium.init_consortium(root, institutions)
@@ -64,11 +66,15 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
         r1 = doc.put_record(note, patient=patient, record_type="note")
         r2 = doc.put_record(xray, patient=patient, record_type="imaging")
     out.print(f"doctor stored record {r1.record_id} (note) and {r2.record_id} (imaging)")
-    with Client(api, keys["patient"]) as pt:
+    other = nodes[-1]  # with several institutions: read through another member's node
+    with Client(other["api"], keys["patient"]) as pt:
         pt.get_record(
             r1.record_id, samples / "note-as-read-by-patient.txt", purpose="patient-access"
         )
-    out.print("patient read the note back: samples/note-as-read-by-patient.txt")
+    out.print(
+        f"patient read the note back through {other['name']}'s node: "
+        "samples/note-as-read-by-patient.txt"
+    )
     with Client(api, keys["researcher"]) as rs:
         try:
             rs.get_record(r2.record_id, samples / "denied.bin", purpose="research")

@@ -142,6 +142,28 @@ def init(
 
 
 @app.command()
+def join(
+    dir: DirOpt,
+    name: Annotated[str, typer.Option(help="The new institution's name (its directory).")],
+    base_port: Annotated[int | None, typer.Option(help="API port (p2p: +100).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prepare a new member or observer node in a consortium directory."""
+    doc = consortium.join_consortium(dir, name, base_port=base_port)
+
+    def human() -> None:
+        out.print(f"prepared {name} in {doc['home']} (API {doc['api']})")
+        out.print("admit it as a validator (an admin of each of 2/3+ of the members votes):")
+        out.print(
+            f"  medledger governance propose --add {name} --node-key {doc['node_public_key']} "
+            f"--admin-key {doc['admin_public_key']} --as ADMIN_KEY --node URL"
+        )
+        out.print(f"then start it: medledger up --dir {dir}")
+
+    emit(doc, as_json, human)
+
+
+@app.command()
 def up(dir: DirOpt, as_json: JsonOpt = False) -> None:
     """Start every node of the consortium that is not running; return when they serve."""
     nodes = consortium.up(dir)
@@ -576,7 +598,7 @@ def proof_verify(
 @app.command()
 def demo(
     dir: DirOpt = Path(".demo"),
-    institutions: Annotated[int, typer.Option(help="Member institutions.")] = 1,
+    institutions: Annotated[int, typer.Option(help="Member institutions.")] = 4,
 ) -> None:
     """Create and start a local consortium with sample identities and records."""
     from medledger.cli.demo import run_demo

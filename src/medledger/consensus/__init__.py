@@ -1,2 +1,4 @@
-"""Consensus. Issue 3 ships the single-validator proposer core (``solo``); the
-Tendermint core for a consortium replaces it behind the same driver contract."""
+"""Consensus: the Tendermint algorithm as a pure state machine (``tendermint``),
+validator sets with weighted round-robin proposers (``validators``), BFT time
+(``bfttime``) and the write-ahead log format (``wal``). The asyncio driver lives
+in ``medledger.node.driver``; consensus never imports the medical modules."""

@@ -31,11 +31,21 @@ def _split(n: int) -> int:
 
 
 def root_of_hashes(hashes: list[bytes]) -> bytes:
-    """Root over already leaf-hashed values (iterative, O(n))."""
-    n = len(hashes)
-    if n == 0:
+    """Root over already leaf-hashed values, bottom up, O(n).
+
+    Pairing neighbours level by level and carrying an unpaired last node up
+    unchanged builds exactly RFC 6962's tree (split at the largest power of two).
+    """
+    if not hashes:
         return EMPTY_ROOT
-    return _root(hashes, 0, n)
+    level = hashes
+    sha = hashlib.sha256
+    while len(level) > 1:
+        nxt = [sha(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
 
 
 def _root(hashes: list[bytes], lo: int, hi: int) -> bytes:

@@ -135,6 +135,7 @@ class ConsensusDriver:
         self._lock = asyncio.Lock()
         self._peer_heights: dict[str, int] = {}
         self._syncing = False
+        self._start_pending = False
         self._gossip: list[bytes] = []
         self._gossip_scheduled = False
         self._req_ids = itertools.count(1)
@@ -182,10 +183,9 @@ class ConsensusDriver:
         self.wal.close()
 
     def _should_start(self) -> bool:
-        cfg = self.node.config
-        return len(self.node.mempool) > 0 or (
-            cfg.empty_block_interval_ms is not None and self.vset.total_power > 0
-        )
+        """A height starts when transactions wait (or a peer's message for it arrives,
+        or the empty-block timer fires): an idle consortium makes no blocks."""
+        return len(self.node.mempool) > 0
 
     async def _replay_wal(self) -> None:
         """Rebuild the core of the current height from the WAL after a restart.
@@ -270,7 +270,8 @@ class ConsensusDriver:
 
     def wake(self) -> None:
         """Transactions arrived: start the height if it waits for them."""
-        if not self.started:
+        if not self.started and not self._start_pending:
+            self._start_pending = True
             self.spawn(self._locked_start())
 
     def spawn(self, coro: Any) -> None:
@@ -347,7 +348,7 @@ class ConsensusDriver:
             if isinstance(action, ScheduleTimeout):
                 self._schedule(action)
             elif isinstance(action, SendVote):
-                sv = self._sign_vote(action)
+                sv = await self._sign_vote(action)
                 if sv is None:
                     continue
                 if self.peers is not None:
@@ -364,7 +365,7 @@ class ConsensusDriver:
                 self._log_input(built)
                 queue.extend(self._handle_now(built))
             elif isinstance(action, SendProposal):
-                sp = self._sign_proposal(action)
+                sp = await self._sign_proposal(action)
                 if sp is None:
                     continue
                 cand = self.candidates.get(action.block_hash)
@@ -379,6 +380,10 @@ class ConsensusDriver:
                 return  # the height is over; pending actions of the old core are moot
             elif isinstance(action, ReportEquivocation):
                 self._report(action.first, action.second)
+
+    async def _durable(self) -> None:
+        """fsync the WAL in a worker thread: the event loop keeps serving meanwhile."""
+        await asyncio.to_thread(self.wal.sync)
 
     def _schedule(self, action: ScheduleTimeout) -> None:
         key = (action.height, action.round, int(action.step))
@@ -399,7 +404,7 @@ class ConsensusDriver:
             if self.core is not None and self.started:
                 await self.feed(event)
 
-    def _sign_vote(self, action: SendVote) -> SignedVote | None:
+    async def _sign_vote(self, action: SendVote) -> SignedVote | None:
         key = (action.height, action.round, action.type)
         prior = self.signed_votes.get(key)
         if prior is not None:
@@ -424,12 +429,12 @@ class ConsensusDriver:
             walmod.WalRecord(
                 kind=walmod.SIGNED, height=action.height, tag=_T_SIGNED_VOTE, payload=encode(sv)
             ),
-            sync=True,
         )
+        await self._durable()  # on disk before it can leave the node
         self.signed_votes[key] = sv
         return sv
 
-    def _sign_proposal(self, action: SendProposal) -> SignedProposal | None:
+    async def _sign_proposal(self, action: SendProposal) -> SignedProposal | None:
         key = (action.height, action.round)
         prior = self.signed_proposals.get(key)
         if prior is not None:
@@ -455,8 +460,8 @@ class ConsensusDriver:
             walmod.WalRecord(
                 kind=walmod.SIGNED, height=action.height, tag=_T_SIGNED_PROPOSAL, payload=encode(sp)
             ),
-            sync=True,
         )
+        await self._durable()
         self.signed_proposals[key] = sp
         return sp
 
@@ -564,6 +569,7 @@ class ConsensusDriver:
 
     async def _locked_start(self) -> None:
         async with self._lock:
+            self._start_pending = False
             await self.start_height()
 
     # ---- network ------------------------------------------------------------------------------

@@ -499,7 +499,11 @@ class Node:
         started = time.perf_counter()
         header = block.header
         height = header.height
-        hashes = [tx_hash(raw) for raw in block.txs]
+        hashes = (
+            fin.tx_hashes
+            if len(fin.tx_hashes) == len(block.txs)
+            else [tx_hash(raw) for raw in block.txs]
+        )
         async with self.block_lock:
             writes = self.app.commit(fin)
             for key, value in writes.items():

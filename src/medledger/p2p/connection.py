@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 
 from medledger.crypto.keys import PrivateKey, identity_id_for
 from medledger.log import get_logger
-from medledger.p2p.errors import CONNECT_FAILED, CONNECTION_CLOSED, HANDSHAKE_FAILED, P2PError
+from medledger.p2p.errors import (
+    CONNECT_FAILED,
+    CONNECTION_CLOSED,
+    FRAME_TOO_LARGE,
+    HANDSHAKE_FAILED,
+    P2PError,
+)
 from medledger.p2p.handshake import DEFAULT_MAX_FRAME_SIZE, Role, Session
 
 __all__ = ["P2PError", "SecureConnection", "open_connection", "start_server"]
@@ -68,6 +74,20 @@ class SecureConnection:
             raise P2PError("connection is closed", code=CONNECTION_CLOSED)
         frame = self._session.seal(message)  # FRAME_TOO_LARGE leaves the connection usable
         self._writer.write(frame)
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            self.abort()
+            raise P2PError("connection lost while sending", code=CONNECTION_CLOSED)
+
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Like ``send`` for each message, in order, with one wait for the socket buffer."""
+        if self.closed:
+            raise P2PError("connection is closed", code=CONNECTION_CLOSED)
+        limit = self._session.max_frame_size
+        if any(len(m) > limit for m in messages):  # before sealing: no nonce may be skipped
+            raise P2PError("message exceeds the frame size limit", code=FRAME_TOO_LARGE)
+        self._writer.writelines([self._session.seal(m) for m in messages])
         try:
             await self._writer.drain()
         except (ConnectionError, OSError):

@@ -346,7 +346,7 @@ class Session:
     def _frame_bounds(self) -> tuple[int, int, str]:
         """Smallest and largest frame body allowed in this state, and the error code."""
         if self.state is State.AWAIT_HELLO:
-            return _HELLO_FIXED.size, MAX_HELLO_SIZE, HANDSHAKE_FAILED
+            return len(MAGIC) + 1, MAX_HELLO_SIZE, HANDSHAKE_FAILED  # Hello.decode checks the rest
         if self.state is State.AWAIT_AUTH:
             return AUTH_SIZE + TAG_SIZE, AUTH_SIZE + TAG_SIZE, HANDSHAKE_FAILED
         return TAG_SIZE, self.max_frame_size + TAG_SIZE, FRAME_TOO_LARGE

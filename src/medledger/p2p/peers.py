@@ -322,16 +322,17 @@ class PeerManager:
         return delay
 
     async def _dial_loop(self, peer: _Peer) -> None:
-        first = True
+        back_off = False  # the first dial is immediate
         while not self._stopping and self._peers.get(peer.id) is peer:
             if peer.current is not None:
                 await peer.changed.wait()
+                back_off = True
                 continue
-            if not first:  # a link just ended, or a dial failed: back off before (re)dialing
+            if back_off:  # a link just ended, or a dial failed: wait before (re)dialing
                 await asyncio.sleep(self._backoff(peer))
                 if peer.current is not None:
                     continue
-            first = False
+            back_off = True
             addr = peer.address
             if addr is None or self._stopping or self._peers.get(peer.id) is not peer:
                 return
@@ -358,7 +359,7 @@ class PeerManager:
         return public_key == expected and (self._policy is None or self._policy(public_key))
 
     async def _on_inbound(self, conn: SecureConnection) -> None:
-        if self._stopping:
+        if not self._allow_inbound(conn.peer_public_key):  # stopping, or removed meanwhile
             conn.abort()
             return
         peer = self._peers.get(conn.peer_id)
@@ -495,9 +496,10 @@ class PeerManager:
         try:
             while True:
                 if link.queue:
-                    message = link.queue.popleft()
-                    link.queued_bytes -= len(message)
-                    await conn.send(message)
+                    batch = list(link.queue)  # sizes were checked when queued
+                    link.queue.clear()
+                    link.queued_bytes = 0
+                    await conn.send_many(batch)
                     continue
                 if link.retiring:
                     await conn.close_write()
