@@ -58,6 +58,7 @@ log = get_logger("medledger.consensus")
 STATUS_INTERVAL_S = 1.0
 SYNC_TIMEOUT_S = 3.0
 FUTURE_BUFFER = 10_000
+MAX_ROUND = 10_000
 GOSSIP_DELAY_S = 0.002
 
 # WAL tags for inputs
@@ -109,6 +110,11 @@ def update_meta_key(height: int) -> str:
     return f"valset_update:{height}"
 
 
+def last_commit_meta_key(height: int) -> str:
+    """The commit of ``height - 1`` that block ``height`` carried (its BFT time's input)."""
+    return f"last_commit:{height}"
+
+
 class ConsensusDriver:
     def __init__(self, node: Any, peers: Any | None, timeouts: TimeoutConfig) -> None:
         from medledger.node.node import Node  # typing only; avoids an import cycle
@@ -136,6 +142,8 @@ class ConsensusDriver:
         self._peer_heights: dict[str, int] = {}
         self._syncing = False
         self._start_pending = False
+        self._votes_seen: set[SignedVote] = set()  # peers' votes of this height (re-sends)
+        self._status_height = 0  # the height at the last status tick
         self._gossip: list[bytes] = []
         self._gossip_scheduled = False
         self._req_ids = itertools.count(1)
@@ -550,6 +558,10 @@ class ConsensusDriver:
         meta[vset_meta_key(h + 1)] = encode(next_vset)
         if fin.validator_updates is not None:
             meta[update_meta_key(h + 2)] = encode(list(fin.validator_updates))
+        if block.last_commit is not None:
+            # this node's own commit of h - 1 may hold other precommits than the
+            # proposer's: block sync must serve the block as it was proposed
+            meta[last_commit_meta_key(h)] = encode(block.last_commit)
         await self.node.commit_block(block, fin, commit, meta)
         for t in self._timers.values():
             t.cancel()
@@ -558,6 +570,7 @@ class ConsensusDriver:
         self.vset = next_vset
         self.last_commit = commit
         self.candidates.clear()
+        self._votes_seen.clear()
         self.core = None
         self.started = False
         if self._should_start() or any(
@@ -619,11 +632,15 @@ class ConsensusDriver:
         val = self.vset.get(v.validator)
         if val is None:
             return
+        if msg.vote in self._votes_seen:
+            return  # a copy re-sent while the height stalls (see _resend_votes)
         try:
             msg.vote.verify(val.public_key)
         except MedLedgerError:
             log.warning("consensus.bad_vote_signature", validator=v.validator)
             return
+        if len(self._votes_seen) < FUTURE_BUFFER:
+            self._votes_seen.add(msg.vote)
         if not self.started:
             await self.start_height()
         await self.feed(VoteReceived(vote=msg.vote))
@@ -639,7 +656,11 @@ class ConsensusDriver:
         if p.height < self.height:
             return
         val = self.vset.get(p.proposer)
-        if val is None or msg.block.header.hash() != p.block_hash:
+        if val is None or p.round < 0 or p.round > MAX_ROUND:
+            return
+        if self.vset.proposer(p.round) != p.proposer:
+            return  # not this round's proposer: never execute its block
+        if msg.block.header.hash() != p.block_hash:
             return
         try:
             msg.proposal.verify(val.public_key)
@@ -690,6 +711,26 @@ class ConsensusDriver:
             await self.peers.broadcast(
                 wire.pack(wire.StatusMsg(height=self.node.height, block_hash=last))
             )
+            await self._resend_votes()
+
+    async def _resend_votes(self) -> None:
+        """Re-send this node's votes of its latest round when the height makes no progress.
+
+        A vote is broadcast once, to the peers connected at that moment: one sent during a
+        partition, or while a peer restarted, is lost, and a height whose quorum needs it
+        would wait forever (CometBFT's reactor gossips the votes a peer lacks; this is the
+        simple form). Peers drop the copies they already have.
+        """
+        if self._status_height != self.height or not self.started or self.peers is None:
+            self._status_height = self.height
+            return
+        mine = [sv for (h, _, _), sv in self.signed_votes.items() if h == self.height]
+        if not mine:
+            return
+        latest = max(sv.vote.round for sv in mine)
+        for sv in mine:
+            if sv.vote.round == latest:
+                await self.peers.broadcast(wire.pack(wire.VoteMsg(vote=sv)))
 
     async def _sync(self, peer_id: str) -> None:
         """Fetch and apply committed blocks from a peer that is ahead of us."""
@@ -730,7 +771,11 @@ class ConsensusDriver:
             return
         if 1 <= req.height <= self.node.height:
             stored = self.node.block(req.height)
-            last_commit = self.node.block(req.height - 1).commit if req.height > 1 else None
+            raw = self.node.reader.get_meta(last_commit_meta_key(req.height))
+            if raw is not None:
+                last_commit: Commit | None = decode_canonical(raw, Commit)
+            else:  # committed before the block's last commit was kept
+                last_commit = self.node.block(req.height - 1).commit if req.height > 1 else None
             resp = wire.BlockResponse(
                 height=req.height,
                 block=Block(header=stored.header, txs=stored.txs, last_commit=last_commit),

@@ -316,8 +316,11 @@ class Node:
         """Admission of a transaction whose signature is verified."""
         try:
             self.mempool.check_room(stx)
-            self._admission_checks(stx)
-            self.app.check_tx(stx, self.next_nonce(stx.tx.sender), now_ms())
+            if gossip:  # admitted here, by a client: the full check
+                self._admission_checks(stx)
+            self.app.check_tx(
+                stx, self.next_nonce(stx.tx.sender), now_ms(), relayed=not gossip
+            )
             self.mempool.add(stx)
         except MedLedgerError as exc:
             self._rejected(exc)
@@ -485,10 +488,10 @@ class Node:
         return fin
 
     def _known_or_verified(self, raw: bytes) -> SignedTx:
-        stx = decode_envelope(raw, max_bytes=self.params.max_tx_bytes)
-        known = self.mempool.get(stx.hash)
+        known = self.mempool.get(tx_hash(raw))
         if known is not None:
-            return known  # verified once, at admission
+            return known  # decoded and verified once, at admission
+        stx = decode_envelope(raw, max_bytes=self.params.max_tx_bytes)
         stx.verify_signature()
         return stx
 

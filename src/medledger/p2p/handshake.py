@@ -247,11 +247,6 @@ class Session:
     def established(self) -> bool:
         return self.state in (State.ESTABLISHED, State.PEER_CLOSED)
 
-    @property
-    def buffered(self) -> int:
-        """Received bytes of an unfinished frame."""
-        return len(self._buf)
-
     def data_to_send(self) -> bytes:
         """Handshake bytes the caller must write now (drains the buffer)."""
         out = bytes(self._out)
