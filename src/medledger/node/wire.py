@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medledger.codec import Record, decode_canonical, encode
+from medledger.codec import Record, decode, encode
 from medledger.consensus.types import SignedProposal, SignedVote
 from medledger.errors import DecodeError, InvalidInput
 from medledger.ledger.block import Commit, Header
@@ -113,13 +113,19 @@ def pack(message: Record) -> bytes:
 
 
 def unpack(data: bytes) -> Record:
-    """Decode a peer's message; raise :class:`InvalidInput` on anything malformed."""
+    """Decode a peer's message; raise :class:`InvalidInput` on anything malformed.
+
+    Strict typed decoding, but no canonical re-encoding check: nothing is hashed or
+    verified over a message's own bytes (headers, votes and proposals are hashed
+    and signed over their re-encoded canonical form, transactions over their own
+    envelope bytes), and re-encoding every block would double the decode cost.
+    """
     try:
-        env = decode_canonical(data, Envelope)
+        env = decode(data, Envelope)
         type_ = _TYPES.get(env.kind)
         if type_ is None:
             raise InvalidInput("unknown message kind", code="BAD_MESSAGE")
-        msg: Record = decode_canonical(env.body, type_)
+        msg: Record = decode(env.body, type_)
         return msg
     except DecodeError as exc:
         raise InvalidInput(f"malformed peer message: {exc.message}", code="BAD_MESSAGE")
