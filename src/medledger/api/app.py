@@ -310,6 +310,7 @@ def create_app(node: Node) -> FastAPI:
             if header is None:
                 raise NotFound("no block committed yet", code="BLOCK_NOT_FOUND")
             key = k_record(record_id)
+            node.app.abandon()  # the tree may hold a proposal under vote: prove committed state
             proof = node.app.tree.prove(key)
             value = node.state.get(key)
             stored = node.block(header.height)

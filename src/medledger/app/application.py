@@ -472,7 +472,7 @@ class Application:
         body: EvidenceBody,
     ) -> TxResult:
         return self._membership_tx(
-            lambda: membership.submit_evidence(view, ctx.height, sender, body)
+            lambda: membership.submit_evidence(view, ctx.height, sender, body, self.chain_id)
         )
 
     def _membership_tx(self, fn: Callable[[], membership.Outcome]) -> TxResult:

@@ -220,8 +220,12 @@ def _enact(
     return _set_validators(view, [v for v in validators if v.name != p.institution])
 
 
-def submit_evidence(view: StateView, height: int, sender: Identity, body: EvidenceBody) -> Outcome:
+def submit_evidence(
+    view: StateView, height: int, sender: Identity, body: EvidenceBody, chain_id: str
+) -> Outcome:
     a, b = body.first, body.second
+    if a.chain_id != chain_id:
+        raise MembershipError("evidence from another chain", code="BAD_EVIDENCE")
     if (a.chain_id, a.type, a.height, a.round, a.validator) != (
         b.chain_id,
         b.type,

@@ -53,6 +53,17 @@ def load_config(home: Path) -> NodeConfig:
         raise InvalidInput(f"no node configuration at {path}", code="CONFIG_NOT_FOUND")
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"node configuration {path} is invalid: {exc}", code="CONFIG_INVALID")
+    for peer in config.peers:
+        try:
+            key = bytes.fromhex(peer.public_key)
+        except ValueError:
+            key = b""
+        if len(key) != 32 or not 1 <= peer.port <= 65535:
+            raise InvalidInput(
+                f"node configuration {path}: peer {peer.name} needs a 32-byte hex public_key "
+                "and a port 1..65535",
+                code="CONFIG_INVALID",
+            )
     if not 1 <= config.api_port <= 65535:
         raise InvalidInput(
             f"node configuration {path}: api_port must be 1..65535", code="CONFIG_INVALID"

@@ -58,6 +58,9 @@ log = get_logger("medledger.consensus")
 STATUS_INTERVAL_S = 1.0
 SYNC_TIMEOUT_S = 3.0
 FUTURE_BUFFER = 10_000
+KEY_WAIT_S = 5.0
+MAX_CLOCK_DRIFT_MS = 5_000  # a proposal's time may lead this node's clock by this much
+MAX_CANDIDATES_PER_ROUND = 2  # distinct blocks executed per (height, round)
 MAX_ROUND = 10_000
 GOSSIP_DELAY_S = 0.002
 
@@ -144,6 +147,7 @@ class ConsensusDriver:
         self._start_pending = False
         self._votes_seen: set[SignedVote] = set()  # peers' votes of this height (re-sends)
         self._status_height = 0  # the height at the last status tick
+        self._executed_in_round: dict[int, int] = {}
         self._gossip: list[bytes] = []
         self._gossip_scheduled = False
         self._req_ids = itertools.count(1)
@@ -215,7 +219,9 @@ class ConsensusDriver:
             elif rec.tag == _T_PROPOSAL:
                 pr = decode_canonical(rec.payload, _ProposalRec)
                 if pr.block is not None and pr.proposal.proposal.block_hash not in self.candidates:
-                    self.candidates[pr.proposal.proposal.block_hash] = self._validate(pr.block)
+                    self.candidates[pr.proposal.proposal.block_hash] = self._validate(
+                        pr.block, live=False
+                    )
         self.replaying = True
         try:
             for rec in mine:
@@ -260,10 +266,15 @@ class ConsensusDriver:
             )
         )
         await self.feed(event, logged=True)
-        for msg in self.future:
-            if isinstance(msg, wire.ProposalMsg) and msg.proposal.proposal.height == self.height:
+        height = self.height
+        for msg in list(self.future):
+            if self.height != height:
+                # decided from buffered messages: the start of the next height (spawned by
+                # commit_block) takes its own messages from here, without nesting calls
+                break
+            if isinstance(msg, wire.ProposalMsg) and msg.proposal.proposal.height == height:
                 await self._on_proposal(msg)
-            elif isinstance(msg, wire.VoteMsg) and msg.vote.vote.height == self.height:
+            elif isinstance(msg, wire.VoteMsg) and msg.vote.vote.height == height:
                 await self._on_vote(msg)
         self.future = [
             m
@@ -273,14 +284,15 @@ class ConsensusDriver:
                 if isinstance(m, wire.ProposalMsg)
                 else m.vote.vote.height
             )
-            > self.height
+            > height
         ]
 
-    def wake(self) -> None:
-        """Transactions arrived: start the height if it waits for them."""
-        if not self.started and not self._start_pending:
+    def wake(self, *, force: bool = False) -> None:
+        """Transactions arrived (or, with ``force``, the empty-block timer fired): start
+        the height if it waits."""
+        if not self.started and (force or not self._start_pending):
             self._start_pending = True
-            self.spawn(self._locked_start())
+            self.spawn(self._locked_start(force=force))
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` as a task the driver keeps (and cancels on stop)."""
@@ -381,8 +393,7 @@ class ConsensusDriver:
                     msg = wire.ProposalMsg(proposal=sp, block=cand.block)
                     await self.peers.broadcast(wire.pack(msg))
                 own = ProposalReceived(proposal=sp, valid=cand is not None and cand.valid)
-                self._log_input(own)
-                queue.extend(self._handle_now(own))
+                queue.extend(self._handle_now(own))  # in the WAL already (_sign_proposal)
             elif isinstance(action, Decide):
                 await self._decide(action)
                 return  # the height is over; pending actions of the old core are moot
@@ -469,16 +480,29 @@ class ConsensusDriver:
                 kind=walmod.SIGNED, height=action.height, tag=_T_SIGNED_PROPOSAL, payload=encode(sp)
             ),
         )
+        # the proposal as this node's own input, with its block, durable with the signature:
+        # a node killed right after signing re-sends that block after a restart (it could
+        # not build the same one again, and must not sign another)
+        own = _ProposalRec(
+            proposal=sp,
+            valid=cand is not None and cand.valid,
+            block=cand.block if cand is not None else None,
+        )
+        self.wal.append(
+            walmod.WalRecord(
+                kind=walmod.INPUT, height=action.height, tag=_T_PROPOSAL, payload=encode(own)
+            )
+        )
         await self._durable()
         self.signed_proposals[key] = sp
         return sp
 
     # ---- blocks -------------------------------------------------------------------------------
 
-    def block_time(self, height: int, last_commit: Commit | None) -> int:
-        """BFT time of block ``height``: the power-weighted median of the precommit times
-        in the commit of ``height - 1`` that the block carries, and strictly after the
-        previous block."""
+    def min_block_time(self, height: int, last_commit: Commit | None) -> int:
+        """The earliest time block ``height`` may carry: the power-weighted median of the
+        precommit times in the commit of ``height - 1`` that the block carries (BFT time:
+        no time that 2/3+ of the power had not reached), and after the previous block."""
         genesis_time = self.node.genesis.genesis_time_ms
         if height <= 1 or last_commit is None:
             return genesis_time
@@ -486,15 +510,23 @@ class ConsensusDriver:
         votes = [_commit_sig_vote(self.chain_id, last_commit, s) for s in last_commit.signatures]
         return max(bft_time(votes, self.load_vset(height - 1)), prev + 1)
 
+    def proposal_time(self, height: int) -> int:
+        """The proposer's block time: its clock, never below the BFT lower bound. (A
+        median of the previous commit alone goes stale after an idle period, and a
+        record's creation time or an access grant's age would be off by the pause.)"""
+        return max(_now_ms(), self.min_block_time(height, self.last_commit))
+
     def _build(self, height: int, round_: int) -> bytes:
         block, fin = self.node.build_block(
-            height, self.block_time(height, self.last_commit), self.last_commit, self.vset.hash()
+            height, self.proposal_time(height), self.last_commit, self.vset.hash()
         )
         h = block.header.hash()
         self.candidates[h] = _Candidate(block=block, valid=True, fin=fin)
         return h
 
-    def _validate(self, block: Block) -> _Candidate:
+    def _validate(self, block: Block, *, live: bool = True) -> _Candidate:
+        """Check a block and execute it. ``live``: a fresh proposal, whose time is also
+        checked against this node's clock (not done for committed blocks from sync)."""
         try:
             if block.header.height != self.height:
                 raise NodeError("block for another height", code="BAD_BLOCK")
@@ -510,8 +542,10 @@ class ConsensusDriver:
                     block.last_commit,
                     self.load_vset(self.height - 1).validators,
                 )
-            if block.header.time_ms != self.block_time(self.height, block.last_commit):
-                raise NodeError("block time is not the BFT time", code="BAD_BLOCK_TIME")
+            if block.header.time_ms < self.min_block_time(self.height, block.last_commit):
+                raise NodeError("block time is before the BFT time", code="BAD_BLOCK_TIME")
+            if live and block.header.time_ms > _now_ms() + MAX_CLOCK_DRIFT_MS:
+                raise NodeError("block time is in the future", code="BAD_BLOCK_TIME")
             fin = self.node.execute_block(block)
             return _Candidate(block=block, valid=True, fin=fin)
         except MedLedgerError as exc:
@@ -571,6 +605,8 @@ class ConsensusDriver:
         self.last_commit = commit
         self.candidates.clear()
         self._votes_seen.clear()
+        self._executed_in_round.clear()
+        self._prune_signed(h + 1)
         self.core = None
         self.started = False
         if self._should_start() or any(
@@ -580,10 +616,24 @@ class ConsensusDriver:
         ):
             self.spawn(self._locked_start())
 
-    async def _locked_start(self) -> None:
+    def _prune_signed(self, height: int) -> None:
+        """Forget what was signed for heights before ``height`` (they are committed)."""
+        self.signed_votes = {k: v for k, v in self.signed_votes.items() if k[0] >= height}
+        self.signed_proposals = {k: v for k, v in self.signed_proposals.items() if k[0] >= height}
+        self.reported = {k for k in self.reported if k[1] >= height - 100}
+
+    async def _locked_start(self, *, force: bool = False) -> None:
         async with self._lock:
             self._start_pending = False
-            await self.start_height()
+            if force or self._should_start() or self._has_future(self.height):
+                await self.start_height()
+
+    def _has_future(self, height: int) -> bool:
+        return any(
+            (m.proposal.proposal.height if isinstance(m, wire.ProposalMsg) else m.vote.vote.height)
+            == height
+            for m in self.future
+        )
 
     # ---- network ------------------------------------------------------------------------------
 
@@ -643,6 +693,8 @@ class ConsensusDriver:
             self._votes_seen.add(msg.vote)
         if not self.started:
             await self.start_height()
+            if v.height != self.height:
+                return  # the height was decided from buffered messages meanwhile
         await self.feed(VoteReceived(vote=msg.vote))
 
     async def _on_proposal(self, msg: wire.ProposalMsg) -> None:
@@ -669,8 +721,14 @@ class ConsensusDriver:
             return
         if not self.started:
             await self.start_height()
+            if p.height != self.height:
+                return  # the height was decided from buffered messages meanwhile
         cand = self.candidates.get(p.block_hash)
         if cand is None:
+            executed = self._executed_in_round.get(p.round, 0)
+            if executed >= MAX_CANDIDATES_PER_ROUND:
+                return  # a proposer flooding blocks for its round: execute no more
+            self._executed_in_round[p.round] = executed + 1
             cand = self._validate(msg.block)
             self.candidates[p.block_hash] = cand
         await self.feed(ProposalReceived(proposal=msg.proposal, valid=cand.valid))
@@ -755,7 +813,7 @@ class ConsensusDriver:
                         return
                     cand = self.candidates.get(resp.commit.block_hash)
                     if cand is None or not cand.valid:
-                        cand = self._validate(block)
+                        cand = self._validate(block, live=False)
                     if not cand.valid:
                         log.error("sync.invalid_block", peer=peer_id, height=self.height)
                         return
@@ -832,13 +890,14 @@ class ConsensusDriver:
         await self.peers.send(peer_id, wire.pack(resp))
 
     async def fetch_key(
-        self, peer_id: str, record_id: str, access_tx: bytes, requester_pk: bytes
+        self, peer_id: str, record_id: str, access_tx: bytes, requester_pk: bytes, min_height: int
     ) -> bytes:
         req = wire.KeyRequest(
             request_id=self.next_request_id(),
             record_id=record_id,
             access_tx=access_tx,
             requester_public_key=requester_pk,
+            min_height=min_height,
         )
         resp = await self._request(peer_id, req)
         if resp.error:
@@ -852,6 +911,9 @@ class ConsensusDriver:
 
     async def _serve_key(self, peer_id: str, req: wire.KeyRequest) -> None:
         assert self.peers is not None
+        deadline = time.monotonic() + KEY_WAIT_S
+        while self.node.height < req.min_height and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the access event is committed, just not here yet
         try:
             sealed = self.node.release_key(req.record_id, req.access_tx, req.requester_public_key)
             resp = wire.KeyResponse(
@@ -870,6 +932,9 @@ class ConsensusDriver:
         for v in self.node.genesis.validators:
             if v.name == institution:
                 return v.id
+        for p in self.node.config.peers:
+            if p.name == institution:
+                return p.id
         return None
 
 

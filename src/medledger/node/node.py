@@ -228,7 +228,7 @@ class Node:
         while True:
             await asyncio.sleep(interval_ms / 1000)
             if self.driver is not None:
-                self.driver.wake()
+                self.driver.wake(force=True)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -318,13 +318,12 @@ class Node:
             self.mempool.check_room(stx)
             if gossip:  # admitted here, by a client: the full check
                 self._admission_checks(stx)
-            self.app.check_tx(
-                stx, self.next_nonce(stx.tx.sender), now_ms(), relayed=not gossip
-            )
+            self.app.check_tx(stx, self.next_nonce(stx.tx.sender), now_ms(), relayed=not gossip)
             self.mempool.add(stx)
         except MedLedgerError as exc:
             self._rejected(exc)
             raise
+        self.metrics.mempool_txs.set(len(self.mempool))
         if gossip and self.driver is not None:
             self.driver.gossip_tx(stx.raw)
             self.driver.wake()
@@ -474,6 +473,8 @@ class Node:
             raise InvalidBlock("block does not extend this chain", code="BAD_BLOCK")
         if len(block.txs) != h.tx_count or len(block.txs) > self.params.max_block_txs:
             raise InvalidBlock("block has the wrong number of transactions", code="BAD_BLOCK")
+        if sum(len(t) for t in block.txs) > self.params.max_block_bytes:
+            raise InvalidBlock("block is larger than max_block_bytes", code="BAD_BLOCK")
         if merkle_root(block.txs) != h.tx_root:
             raise InvalidBlock("transactions do not match the header", code="BAD_BLOCK")
         txs = [self._known_or_verified(raw) for raw in block.txs]
@@ -514,9 +515,24 @@ class Node:
                     self.state.pop(key, None)
                 else:
                     self.state[key] = value
-            await asyncio.to_thread(
-                self.store.save_block, header, block.txs, hashes, fin.results, commit, writes, meta
-            )
+            try:
+                await asyncio.to_thread(
+                    self.store.save_block,
+                    header,
+                    block.txs,
+                    hashes,
+                    fin.results,
+                    commit,
+                    writes,
+                    meta,
+                )
+            except BaseException:
+                # memory is ahead of the disk now: stop, and recover from the disk on restart
+                log.critical("node.halted", height=height, reason="block could not be saved")
+                self.fatal = True
+                if self.on_fatal is not None:
+                    self.on_fatal()
+                raise
             self.last_header = header
             self.app_hash = fin.app_hash
             self.validators = self.app.query_validators()
@@ -576,10 +592,13 @@ class Node:
         return self.custodian.release(meta.creator, meta.content_hash, PublicKey(requester_pk))
 
     def holder_peer(self, meta: RecordMeta) -> str | None:
-        """The member node holding a record's content and key, if it is not this one."""
-        if self.driver is None or meta.institution == self.config.name:
+        """The member node holding a record's content and key (the node named in its
+        ``storage`` location, where it was uploaded), if it is not this one."""
+        holder = meta.storage.removeprefix("local:") if meta.storage.startswith("local:") else ""
+        holder = holder or meta.institution
+        if self.driver is None or holder == self.config.name:
             return None
-        return self.driver.peer_for_institution(meta.institution)
+        return self.driver.peer_for_institution(holder)
 
     def remote_chunks(self, meta: RecordMeta) -> Callable[[str], Awaitable[bytes]] | None:
         peer = self.holder_peer(meta)
@@ -600,9 +619,14 @@ class Node:
         peer = self.holder_peer(meta)
         if peer is None or self.driver is None:
             raise NotFound("no key is held for this record", code="KEY_NOT_FOUND")
-        return await self.driver.fetch_key(
-            peer, meta.record_id, bytes.fromhex(access_tx), requester.raw
+        receipt = self.receipt(bytes.fromhex(access_tx))
+        if receipt is None:
+            raise Forbidden("the access event is not committed", code="ACCESS_NOT_COMMITTED")
+        sealed = await self.driver.fetch_key(
+            peer, meta.record_id, bytes.fromhex(access_tx), requester.raw, receipt.height
         )
+        self.metrics.key_releases.labels(outcome="relayed").inc()
+        return sealed
 
     def _submit_evidence(self, first: SignedVote, second: SignedVote) -> None:
         """Turn an equivocation the core saw into an on-chain evidence transaction."""

@@ -84,6 +84,7 @@ class KeyRequest(Record, frozen=True):
     record_id: str
     access_tx: bytes
     requester_public_key: bytes
+    min_height: int  # the access event's height: the holder waits to have committed it
 
 
 class KeyResponse(Record, frozen=True):
