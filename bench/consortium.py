@@ -136,7 +136,7 @@ def run_load(
                     if delay > 0:
                         time.sleep(delay)
                 t = time.perf_counter()
-                res = c.submit_batch(b, wait=True)
+                res = c.submit_batch(b, wait=True, compact=True)
                 dt = time.perf_counter() - t
                 ok = sum(1 for r in res if r.get("code") == "OK")
                 with lock:

@@ -168,11 +168,13 @@ class Client:
             )
         return receipt
 
-    def submit_batch(self, raws: list[bytes], *, wait: bool = True) -> list[dict[str, Any]]:
+    def submit_batch(
+        self, raws: list[bytes], *, wait: bool = True, compact: bool = False
+    ) -> list[dict[str, Any]]:
         resp = self._request(
             "POST",
             "/api/v1/txs",
-            params={"wait": str(wait).lower()},
+            params={"wait": str(wait).lower(), "compact": str(compact).lower()},
             content=msgspec.msgpack.encode(raws),
             signed=False,
         )

@@ -212,8 +212,13 @@ def create_app(node: Node) -> FastAPI:
         return receipt_json(receipt)
 
     @app.post("/api/v1/txs")
-    async def submit_batch(request: Request, wait: bool = True, timeout: float = 60.0) -> Response:
-        """Submit a msgpack array of envelopes; per-transaction outcomes in order."""
+    async def submit_batch(
+        request: Request, wait: bool = True, timeout: float = 60.0, compact: bool = False
+    ) -> Response:
+        """Submit a msgpack array of envelopes; per-transaction outcomes in order.
+
+        ``compact``: committed outcomes carry only tx_hash, status, height, index and
+        code (no events or data), for high-volume submitters."""
         body = await read_limited(request, MAX_BATCH_BYTES, "BODY_TOO_LARGE")
         raws = decode(body, list[bytes])
         if len(raws) > MAX_BATCH_TXS:
@@ -230,7 +235,7 @@ def create_app(node: Node) -> FastAPI:
             receipts = await node.wait_many([h for _, h in accepted], min(timeout, MAX_WAIT_S))
             for (i, _), r in zip(accepted, receipts, strict=True):
                 if isinstance(r, Receipt):
-                    out[i] = receipt_json(r)
+                    out[i] = compact_json(r) if compact else receipt_json(r)
                 elif isinstance(r, MedLedgerError):
                     out[i] = {"status": "failed", "error": r.to_dict()}
         return fast_json({"results": out})
@@ -617,6 +622,16 @@ def event_json(e: Event) -> dict[str, Any]:
         "record_id": e.record_id or None,
         "outcome": e.outcome,
         "detail": e.detail,
+    }
+
+
+def compact_json(r: Receipt) -> dict[str, Any]:
+    return {
+        "tx_hash": r.tx_hash.hex(),
+        "status": "committed",
+        "height": r.height,
+        "index": r.index,
+        "code": r.result.code,
     }
 
 
