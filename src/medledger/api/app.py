@@ -36,7 +36,6 @@ from medledger.app.model import (
 )
 from medledger.codec import decode
 from medledger.crypto.keys import PublicKey, is_identity_id
-from medledger.custody.gate import AccessProof, check_release
 from medledger.errors import (
     AuthError,
     Forbidden,
@@ -422,27 +421,7 @@ def create_app(node: Node) -> FastAPI:
     def gate(record_id: str, access_tx: str, caller: Caller) -> RecordMeta:
         if not is_record_id(record_id):
             raise InvalidInput("not a record ID", code="BAD_RECORD_ID")
-        meta = node.app.query_record(record_id)
-        if meta is None:
-            raise NotFound("record not found", code="RECORD_NOT_FOUND")
-        receipt = node.receipt(parse_hash(access_tx))
-        if receipt is None:
-            raise Forbidden("the access event is not committed", code="ACCESS_NOT_COMMITTED")
-        block = node.block(receipt.height)
-        stx = decode_envelope(block.txs[receipt.index])
-        latest = node.last_header.time_ms if node.last_header else block.header.time_ms
-        check_release(
-            AccessProof(
-                tx=stx.tx,
-                result=receipt.result,
-                block_time_ms=block.header.time_ms,
-                latest_time_ms=max(latest, now_ms()),
-            ),
-            record_id=record_id,
-            requester=caller.identity.id,
-            ttl_ms=node.params.access_grant_ttl_ms,
-        )
-        return meta
+        return node.check_gate(record_id, parse_hash(access_tx), caller.public_key.raw)
 
     # ---- audit -------------------------------------------------------------------------------------
 

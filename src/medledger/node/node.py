@@ -563,8 +563,9 @@ class Node:
 
     # ---- custody across members ------------------------------------------------------------
 
-    def release_key(self, record_id: str, access_tx: bytes, requester_pk: bytes) -> bytes:
-        """Release a record's key, sealed to the requester, after the committed gate."""
+    def check_gate(self, record_id: str, access_tx: bytes, requester_pk: bytes) -> RecordMeta:
+        """The release gate, against this node's committed ledger: the access event for
+        ``record_id`` is committed, allowed, recent, and signed by ``requester_pk``."""
         meta = self.app.query_record(record_id)
         if meta is None:
             raise NotFound("record not found", code="RECORD_NOT_FOUND")
@@ -589,6 +590,11 @@ class Node:
             requester=stx.tx.sender,
             ttl_ms=self.params.access_grant_ttl_ms,
         )
+        return meta
+
+    def release_key(self, record_id: str, access_tx: bytes, requester_pk: bytes) -> bytes:
+        """Release a record's key, sealed to the requester, after the committed gate."""
+        meta = self.check_gate(record_id, access_tx, requester_pk)
         return self.custodian.release(meta.creator, meta.content_hash, PublicKey(requester_pk))
 
     def holder_peer(self, meta: RecordMeta) -> str | None:
