@@ -176,7 +176,8 @@ class ConsensusDriver:
     # ---- life cycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._replay_wal()
+        async with self._lock:  # peers' messages wait until the replay is done
+            await self._replay_wal()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._status_loop(), name="consensus-status"))
         if not self.started and self._should_start():
