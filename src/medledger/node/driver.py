@@ -148,6 +148,7 @@ class ConsensusDriver:
         self._votes_seen: set[SignedVote] = set()  # peers' votes of this height (re-sends)
         self._status_height = 0  # the height at the last status tick
         self._executed_in_round: dict[int, int] = {}
+        self._proposals_seen: set[tuple[int, bytes]] = set()
         self._gossip: list[bytes] = []
         self._gossip_scheduled = False
         self._req_ids = itertools.count(1)
@@ -607,6 +608,7 @@ class ConsensusDriver:
         self.candidates.clear()
         self._votes_seen.clear()
         self._executed_in_round.clear()
+        self._proposals_seen.clear()
         self._prune_signed(h + 1)
         self.core = None
         self.started = False
@@ -724,6 +726,10 @@ class ConsensusDriver:
             await self.start_height()
             if p.height != self.height:
                 return  # the height was decided from buffered messages meanwhile
+        seen = (p.round, p.block_hash)
+        if seen in self._proposals_seen:
+            return  # a copy re-sent while the height stalls
+        self._proposals_seen.add(seen)
         cand = self.candidates.get(p.block_hash)
         if cand is None:
             executed = self._executed_in_round.get(p.round, 0)
@@ -790,6 +796,12 @@ class ConsensusDriver:
         for sv in mine:
             if sv.vote.round == latest:
                 await self.peers.broadcast(wire.pack(wire.VoteMsg(vote=sv)))
+        # and this node's proposal of that round, if it made one: a proposal lost to a
+        # partition otherwise costs the round
+        sp = self.signed_proposals.get((self.height, latest))
+        cand = self.candidates.get(sp.proposal.block_hash) if sp is not None else None
+        if sp is not None and cand is not None:
+            await self.peers.broadcast(wire.pack(wire.ProposalMsg(proposal=sp, block=cand.block)))
 
     async def _sync(self, peer_id: str) -> None:
         """Fetch and apply committed blocks from a peer that is ahead of us."""
