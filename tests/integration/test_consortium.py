@@ -483,9 +483,9 @@ class TestFourValidators:
         c = quad
         doc = cli_json("join", "--dir", c.dir, "--name", "observer-x")
         assert doc["name"] == "observer-x" and Path(doc["home"]).is_dir()
-        # members accept its connection once its node key is an enrolled service identity
+        # members accept its connection once its node key is an enrolled node identity
         with Client(api(c, "hospital-a"), admin_key(c, "hospital-a")) as cl:
-            assert cl.enroll(doc["node_id"], "service")["code"] == "OK"
+            assert cl.enroll(doc["node_id"], "node")["code"] == "OK"
         started = {n["name"]: n for n in c.up()["nodes"]}
         assert [n for n, s in started.items() if s["started"]] == ["observer-x"], started
         names = [*NAMES, "observer-x"]

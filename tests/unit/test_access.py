@@ -57,6 +57,8 @@ READ_TABLE = {
     ("insurer", "other"): False,
     ("service", "same"): True,
     ("service", "other"): False,
+    ("node", "same"): False,  # a node key serves consensus, never record content
+    ("node", "other"): False,
 }
 
 

@@ -62,7 +62,7 @@ def test_admission_needs_more_than_two_thirds() -> None:
     admin = c.app.query_identity(admin_key("epsilon").id)
     node = c.app.query_identity(key("validator/epsilon").id)
     assert admin is not None and admin.role == "admin" and admin.institution == "epsilon"
-    assert node is not None and node.role == "service"
+    assert node is not None and node.role == "node"
     # and the new admin can now act: enroll someone
     assert c.enroll(admin_key("epsilon"), key("patient@epsilon"), "patient").ok
 
@@ -154,7 +154,7 @@ def advance(c: Chain, blocks: int) -> None:
 def test_equivocation_jails_the_validator() -> None:
     c = chain()
     advance(c, 8)
-    reporter = key("validator/alpha")  # a node key: a service identity since genesis
+    reporter = key("validator/alpha")  # a node key: a node identity since genesis
     a, b = signed_vote("delta", b"\x01" * 32), signed_vote("delta", b"\x02" * 32)
     fin = c.block([c.tx(reporter, SUBMIT_EVIDENCE, evidence(a, b))])
     res = fin.results[0]

@@ -140,14 +140,14 @@ class Application:
             )
         by_name = {i.name for i in self.genesis.institutions}
         for val in self.genesis.validators:
-            # a validator's node key is its institution's service identity (it submits
+            # a validator's node key is its institution's node identity (it submits
             # evidence and serves the institution's systems)
             if val.name in by_name:
                 view.put(
                     k_identity(val.id),
                     Identity(
                         id=val.id,
-                        role=Role.SERVICE.value,
+                        role=Role.NODE.value,
                         institution=val.name,
                         status=ACTIVE,
                         enrolled_height=0,

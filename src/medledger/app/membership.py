@@ -206,7 +206,7 @@ def _enact(
                 k_identity(node_id),
                 Identity(
                     id=node_id,
-                    role=Role.SERVICE.value,
+                    role=Role.NODE.value,
                     institution=p.institution,
                     status=ACTIVE,
                     enrolled_height=height,

@@ -20,6 +20,7 @@ class Role(StrEnum):
     PHARMACY = "pharmacy"
     INSURER = "insurer"
     SERVICE = "service"
+    NODE = "node"  # a member's or observer's node key: p2p, evidence; no record access
 
 
 ROLES = frozenset(r.value for r in Role)

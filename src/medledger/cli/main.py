@@ -369,7 +369,7 @@ def identity_enroll(
     role: Annotated[
         str,
         typer.Option(
-            help="clinician, patient, researcher, regulator, pharmacy, insurer, admin or service"
+            help="clinician, patient, researcher, regulator, pharmacy, insurer, admin, service or node"
         ),
     ],
     id: Annotated[str, typer.Option("--id", help="Identity ID (from 'keys new').")],

@@ -218,9 +218,10 @@ class Node:
             await self.driver.on_message(peer_id, data)
 
     def _peer_allowed(self, public_key: bytes) -> bool:
-        """Members' and observers' node keys: enrolled, active service identities."""
+        """Members' and observers' node keys: enrolled, active ``node`` identities (not a
+        PACS or other service: they have no business on the consensus network)."""
         ident = self.app.query_identity(identity_id_for(public_key))
-        if ident is not None and ident.status == "active" and ident.role == "service":
+        if ident is not None and ident.status == "active" and ident.role == "node":
             return True
         return any(p.public_key == public_key.hex() for p in self.config.peers)
 
