@@ -8,7 +8,6 @@ and ``{"error": {"code", "message"}}``; anything unexpected becomes a 500
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,6 @@ from medledger.crypto.keys import PublicKey, is_identity_id
 from medledger.errors import (
     AuthError,
     Forbidden,
-    IntegrityError,
     InvalidInput,
     MedLedgerError,
     NotFound,
@@ -671,6 +669,3 @@ def header_json(h: Header) -> dict[str, Any]:
         "proposer": h.proposer,
         "tx_count": h.tx_count,
     }
-
-
-_ = (IntegrityError, time)

@@ -676,9 +676,7 @@ class ConsensusDriver:
             return
         if v.height > self.height:
             if len(self.future) < FUTURE_BUFFER:
-                self.future.append(msg)
-            if v.height == self.height + 1 or not self.started:
-                return
+                self.future.append(msg)  # handled when this node reaches that height
             return
         if v.height < self.height:
             return
