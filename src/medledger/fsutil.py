@@ -25,7 +25,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = 
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
         if durable:
-            fsync_dir(path.parent)
+            fsync_path(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -34,8 +34,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = 
         raise
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file (its data) or a directory (its entries: a rename, a new file)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

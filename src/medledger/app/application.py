@@ -47,6 +47,7 @@ from medledger.app.model import (
     k_patient_record,
     k_record,
     k_validators,
+    new_identity,
     record_id_for,
 )
 from medledger.app.state import StateView
@@ -129,30 +130,16 @@ class Application:
             view.put(k_institution(inst.name), Institution(name=inst.name, admin_id=inst.admin_id))
             view.put(
                 k_identity(inst.admin_id),
-                Identity(
-                    id=inst.admin_id,
-                    role=Role.ADMIN.value,
-                    institution=inst.name,
-                    status=ACTIVE,
-                    enrolled_height=0,
-                    enrolled_by="genesis",
-                ),
+                new_identity(inst.admin_id, Role.ADMIN.value, inst.name, 0, "genesis"),
             )
         by_name = {i.name for i in self.genesis.institutions}
         for val in self.genesis.validators:
-            # a validator's node key is its institution's node identity (it submits
-            # evidence and serves the institution's systems)
+            # a validator's node key is its institution's node identity (admitted to p2p,
+            # it submits evidence; it has no record access)
             if val.name in by_name:
                 view.put(
                     k_identity(val.id),
-                    Identity(
-                        id=val.id,
-                        role=Role.NODE.value,
-                        institution=val.name,
-                        status=ACTIVE,
-                        enrolled_height=0,
-                        enrolled_by="genesis",
-                    ),
+                    new_identity(val.id, Role.NODE.value, val.name, 0, "genesis"),
                 )
         view.put(
             k_validators(),
@@ -339,14 +326,7 @@ class Application:
             raise ExecError("identity is already enrolled", code="ALREADY_ENROLLED")
         view.put(
             k_identity(body.id),
-            Identity(
-                id=body.id,
-                role=body.role,
-                institution=sender.institution,
-                status=ACTIVE,
-                enrolled_height=ctx.height,
-                enrolled_by=sender.id,
-            ),
+            new_identity(body.id, body.role, sender.institution, ctx.height, sender.id),
         )
         ev = Event(
             action="enroll",

@@ -31,6 +31,7 @@ from medledger.app.model import (
     k_institution,
     k_proposal,
     k_validators,
+    new_identity,
 )
 from medledger.app.state import StateView
 from medledger.codec import Record
@@ -188,31 +189,12 @@ def _enact(
     if p.action == GOV_ADD:
         admin_id = identity_id_for(p.admin_public_key)
         view.put(k_institution(p.institution), Institution(name=p.institution, admin_id=admin_id))
-        if view.get_raw(k_identity(admin_id)) is None:
-            view.put(
-                k_identity(admin_id),
-                Identity(
-                    id=admin_id,
-                    role=Role.ADMIN.value,
-                    institution=p.institution,
-                    status=ACTIVE,
-                    enrolled_height=height,
-                    enrolled_by="governance",
-                ),
-            )
         node_id = identity_id_for(p.validator_public_key)
-        if view.get_raw(k_identity(node_id)) is None:
-            view.put(
-                k_identity(node_id),
-                Identity(
-                    id=node_id,
-                    role=Role.NODE.value,
-                    institution=p.institution,
-                    status=ACTIVE,
-                    enrolled_height=height,
-                    enrolled_by="governance",
-                ),
-            )
+        for id_, role in ((admin_id, Role.ADMIN.value), (node_id, Role.NODE.value)):
+            if view.get_raw(k_identity(id_)) is None:
+                view.put(
+                    k_identity(id_), new_identity(id_, role, p.institution, height, "governance")
+                )
         new = Validator(
             name=p.institution, id=node_id, public_key=p.validator_public_key, power=p.power
         )
@@ -223,7 +205,7 @@ def _enact(
 def submit_evidence(
     view: StateView, height: int, sender: Identity, body: EvidenceBody, chain_id: str
 ) -> Outcome:
-    a, b = body.first, body.second
+    a, b = body.first.vote, body.second.vote
     if a.chain_id != chain_id:
         raise MembershipError("evidence from another chain", code="BAD_EVIDENCE")
     if (a.chain_id, a.type, a.height, a.round, a.validator) != (
@@ -246,18 +228,9 @@ def submit_evidence(
     val = next((v for v in validators if v.id == a.validator), None)
     if val is None:
         raise MembershipError("not a current validator (maybe already jailed)", code="NOT_A_MEMBER")
-    for ev_vote in (a, b):
-        vote = Vote(
-            chain_id=ev_vote.chain_id,
-            type=ev_vote.type,
-            height=ev_vote.height,
-            round=ev_vote.round,
-            block_hash=ev_vote.block_hash,
-            time_ms=ev_vote.time_ms,
-            validator=ev_vote.validator,
-        )
+    for ev_vote in (body.first, body.second):
         try:
-            PublicKey(val.public_key).verify(vote_sign_bytes(vote), ev_vote.signature)
+            PublicKey(val.public_key).verify(vote_sign_bytes(ev_vote.vote), ev_vote.signature)
         except MedLedgerError:
             raise MembershipError(
                 "a vote in the evidence is not validly signed", code="BAD_EVIDENCE"
@@ -293,16 +266,7 @@ def submit_evidence(
 
 
 def evidence_vote(vote: Vote, signature: bytes) -> EvidenceVote:
-    return EvidenceVote(
-        chain_id=vote.chain_id,
-        type=vote.type,
-        height=vote.height,
-        round=vote.round,
-        block_hash=vote.block_hash,
-        time_ms=vote.time_ms,
-        validator=vote.validator,
-        signature=signature,
-    )
+    return EvidenceVote(vote=vote, signature=signature)
 
 
 def _replace(p: GovProposal, **changes: object) -> GovProposal:

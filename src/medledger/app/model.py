@@ -9,6 +9,7 @@ import re
 from enum import StrEnum
 
 from medledger.codec import Record
+from medledger.ledger.block import Vote
 
 
 class Role(StrEnum):
@@ -36,6 +37,18 @@ class Identity(Record, frozen=True):
     status: str
     enrolled_height: int
     enrolled_by: str
+
+
+def new_identity(id_: str, role: str, institution: str, height: int, enrolled_by: str) -> Identity:
+    """An identity as enrolment creates it: active from ``height``."""
+    return Identity(
+        id=id_,
+        role=role,
+        institution=institution,
+        status=ACTIVE,
+        enrolled_height=height,
+        enrolled_by=enrolled_by,
+    )
 
 
 class Institution(Record, frozen=True):
@@ -158,15 +171,9 @@ class VoteMemberBody(Record, frozen=True):
 
 
 class EvidenceVote(Record, frozen=True):
-    """A signed consensus vote as evidence carries it (ledger.block.Vote fields)."""
+    """A signed consensus vote as evidence carries it."""
 
-    chain_id: str
-    type: int
-    height: int
-    round: int
-    block_hash: bytes
-    time_ms: int
-    validator: str
+    vote: Vote
     signature: bytes
 
 

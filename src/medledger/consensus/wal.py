@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medledger.codec import Record, decode_canonical, encode
 from medledger.errors import DecodeError, NodeError
-from medledger.fsutil import fsync_dir
+from medledger.fsutil import fsync_path
 
 _HDR = struct.Struct(">II")
 MAX_RECORD = 64 * 1024 * 1024
@@ -72,7 +72,7 @@ class WriteAheadLog:
             os.fsync(fh.fileno())
         self._fh.close()
         os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         self._fh = open(self.path, "ab")  # noqa: SIM115
 
 

@@ -115,6 +115,19 @@ def sign_commit_vote(
     )
 
 
+def commit_vote(chain_id: str, commit: Commit, sig: CommitSig) -> Vote:
+    """The precommit that ``sig`` of ``commit`` signs."""
+    return Vote(
+        chain_id=chain_id,
+        type=PRECOMMIT,
+        height=commit.height,
+        round=commit.round,
+        block_hash=commit.block_hash,
+        time_ms=sig.time_ms,
+        validator=sig.validator,
+    )
+
+
 def verify_commit(header: Header, commit: Commit, validators: list[Validator]) -> None:
     """Raise unless ``commit`` carries precommits of more than 2/3 of the voting power."""
     block_hash = header.hash()
@@ -131,15 +144,7 @@ def verify_commit(header: Header, commit: Commit, validators: list[Validator]) -
         if val is None or sig.validator in seen or sig.public_key != val.public_key:
             raise IntegrityError("commit has an unknown or repeated signer", code="BAD_COMMIT")
         seen.add(sig.validator)
-        vote = Vote(
-            chain_id=header.chain_id,
-            type=PRECOMMIT,
-            height=commit.height,
-            round=commit.round,
-            block_hash=block_hash,
-            time_ms=sig.time_ms,
-            validator=sig.validator,
-        )
+        vote = commit_vote(header.chain_id, commit, sig)
         try:
             PublicKey(val.public_key).verify(vote_sign_bytes(vote), sig.signature)
         except Exception:

@@ -39,7 +39,6 @@ from medledger.consensus.tendermint import (
     VoteReceived,
 )
 from medledger.consensus.types import (
-    PRECOMMIT,
     Proposal,
     SignedProposal,
     SignedVote,
@@ -48,7 +47,7 @@ from medledger.consensus.types import (
 )
 from medledger.consensus.validators import ValidatorSet
 from medledger.errors import MedLedgerError, NodeError, Unavailable
-from medledger.ledger.block import Commit, CommitSig, Validator, Vote, verify_commit
+from medledger.ledger.block import Commit, CommitSig, Validator, Vote, commit_vote, verify_commit
 from medledger.log import get_logger
 from medledger.node import wire
 from medledger.node.wire import Block
@@ -950,18 +949,7 @@ class ConsensusDriver:
 
 
 def _commit_sig_vote(chain_id: str, commit: Commit, sig: CommitSig) -> SignedVote:
-    return SignedVote(
-        vote=Vote(
-            chain_id=chain_id,
-            type=PRECOMMIT,
-            height=commit.height,
-            round=commit.round,
-            block_hash=commit.block_hash,
-            time_ms=sig.time_ms,
-            validator=sig.validator,
-        ),
-        signature=sig.signature,
-    )
+    return SignedVote(vote=commit_vote(chain_id, commit, sig), signature=sig.signature)
 
 
 def _now_ms() -> int:

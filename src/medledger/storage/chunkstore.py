@@ -11,7 +11,7 @@ from typing import Protocol
 
 from medledger.crypto.cid import cid_for, is_cid
 from medledger.errors import IntegrityError, InvalidInput, NotFound
-from medledger.fsutil import atomic_write
+from medledger.fsutil import atomic_write, fsync_path
 
 
 class ChunkStore(Protocol):
@@ -107,18 +107,10 @@ class LocalChunkStore:
         dirs: set[Path] = set()
         for cid in cids:
             path = self._path(cid)
-            _fsync_path(path)
+            fsync_path(path)
             dirs.add(path.parent)
         for d in dirs:
-            _fsync_path(d)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_path(d)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
