@@ -7,12 +7,13 @@ the custodian, sealed to the custodian's key.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
@@ -34,13 +35,14 @@ from medledger.app.model import (
     RegisterRecordBody,
     VoteMemberBody,
 )
+from medledger.codec import encode
 from medledger.crypto.aead import new_data_key
 from medledger.crypto.cid import cid_for
 from medledger.crypto.keys import PrivateKey, PublicKey, seal_to, unseal
 from medledger.errors import IntegrityError, MedLedgerError, Unavailable, from_wire
 from medledger.ledger.tx import make_tx
 from medledger.storage import framing
-from medledger.storage.crypt import ChunkDecryptor, build_manifest, encrypt_stream
+from medledger.storage.crypt import ChunkDecryptor, build_content_manifest, encrypt_stream
 from medledger.storage.manifest import DEFAULT_CHUNK_SIZE, ChunkRef, decode_manifest
 
 Progress = Callable[[int], None]
@@ -54,6 +56,10 @@ class PutResult:
     manifest_cid: str
     size: int
     chunk_count: int
+    k: int = 1
+    m: int = 0
+    placement: list[str] = field(default_factory=list)
+    stored_bytes: int = 0
 
 
 class Client:
@@ -123,6 +129,10 @@ class Client:
 
     def get_json(self, path: str, *, signed: bool = True, **params: Any) -> Any:
         return self._request("GET", path, params=params or None, signed=signed).json()
+
+    def post_json(self, path: str, *, params: dict[str, Any] | None = None) -> Any:
+        """POST with an empty body (actions whose arguments are query parameters)."""
+        return self._request("POST", path, params=params, content=b"").json()
 
     # ---- chain -----------------------------------------------------------------------------
 
@@ -225,26 +235,63 @@ class Client:
         record_type: str = "document",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: Progress | None = None,
+        k: int | None = None,
+        m: int | None = None,
     ) -> PutResult:
-        size = path.stat().st_size
+        """Encrypt a file here, store it erasure-coded and register it on the ledger."""
+        with open(path, "rb") as fh:
+            return self.put_stream(
+                fh,
+                path.stat().st_size,
+                patient=patient,
+                record_type=record_type,
+                chunk_size=chunk_size,
+                progress=progress,
+                k=k,
+                m=m,
+            )
+
+    def put_stream(
+        self,
+        src: BinaryIO,
+        size: int,
+        *,
+        patient: str,
+        record_type: str = "document",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+        k: int | None = None,
+        m: int | None = None,
+    ) -> PutResult:
+        """Encrypt ``size`` bytes of ``src`` (streamed, constant memory), have the node
+        spread them over k+m institutions (defaults: the node's choice), check the
+        manifest it built lists exactly these chunks, deposit the key, register."""
         key = new_data_key()
         refs: list[ChunkRef] = []
         status = self.status()
         custodian = PublicKey.from_hex(status["custodian_public_key"])
 
         def body() -> Iterator[bytes]:
-            with open(path, "rb") as fh:
-                for cid, ct in encrypt_stream(fh, size, key, chunk_size):
-                    refs.append(ChunkRef(cid=cid, size=len(ct)))
-                    yield framing.frame_header(framing.CHUNK, len(ct))
-                    yield ct
-                    if progress is not None:
-                        progress(len(ct) - 16)
-            manifest = build_manifest(size, chunk_size, refs)
-            yield framing.frame(framing.MANIFEST, manifest.encode())
+            for cid, ct in encrypt_stream(src, size, key, chunk_size):
+                refs.append(ChunkRef(cid=cid, size=len(ct)))
+                yield framing.frame_header(framing.CHUNK, len(ct))
+                yield ct
+                if progress is not None:
+                    progress(len(ct) - 16)
+            content = build_content_manifest(size, chunk_size, refs)
+            yield framing.frame(framing.MANIFEST, encode(content))
 
-        stored = self._request("POST", "/api/v1/storage/objects", content=body()).json()
+        params = {n: v for n, v in (("k", k), ("m", m)) if v is not None}
+        stored = self._request(
+            "POST", "/api/v1/storage/objects", content=body(), params=params or None
+        ).json()
         manifest_cid = str(stored["manifest_cid"])
+        raw = base64.b64decode(stored["manifest"])
+        manifest = decode_manifest(raw)
+        if cid_for(raw) != manifest_cid or manifest.chunks != refs or manifest.size != size:
+            raise IntegrityError(
+                "the node's manifest does not match the uploaded chunks", code="MANIFEST_MISMATCH"
+            )
         self._request(
             "POST",
             "/api/v1/custody/deposits",
@@ -257,8 +304,12 @@ class Client:
                 type=record_type,
                 content_hash=manifest_cid,
                 size=size,
-                chunk_count=int(stored["chunk_count"]),
-                storage=f"local:{status['name']}",
+                chunk_count=len(manifest.chunks),
+                shard_root=manifest.shard_root,
+                k=manifest.k,
+                m=manifest.m,
+                placement=manifest.placement,
+                custodian=str(stored["custodian"]),
             ),
         )
         return PutResult(
@@ -267,7 +318,11 @@ class Client:
             height=int(receipt["height"]),
             manifest_cid=manifest_cid,
             size=size,
-            chunk_count=int(stored["chunk_count"]),
+            chunk_count=len(manifest.chunks),
+            k=manifest.k,
+            m=manifest.m,
+            placement=manifest.placement,
+            stored_bytes=manifest.stored_bytes(),
         )
 
     def request_read(self, record_id: str, purpose: str = "treatment") -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from .harness import RUNNING, Consortium, running_consortium
+from .seaweed import seaweed  # noqa: F401  (the session's SeaweedFS S3 server)
 
 
 @pytest.fixture

@@ -425,7 +425,11 @@ def test_unknown_patient_is_not_echoed(
             content_hash=cid_for(PHI.encode()),
             size=10,
             chunk_count=1,
-            storage="local:x",
+            shard_root=bytes(32),
+            k=1,
+            m=0,
+            placement=["hospital-a"],
+            custodian="hospital-a",
         ),
     )
     with unchanged(c):

@@ -40,7 +40,7 @@ from medledger.ledger.tx import make_tx
 from medledger.node import wire
 from medledger.node.config import load_config, save_config
 from medledger.p2p import SecureConnection, open_connection
-from medledger.storage.chunkstore import LocalChunkStore
+from medledger.storage.backend import LocalShardBackend
 
 from .harness import (
     CHUNK_SIZE,
@@ -216,7 +216,7 @@ def tx_on(c: Consortium, name: str, key: PrivateKey, tx_hash: str) -> dict[str, 
 
 
 def has_content(c: Consortium, name: str, cid: str) -> bool:
-    return LocalChunkStore(home(c, name) / "data" / "chunks").has(cid)
+    return LocalShardBackend(home(c, name) / "shards").has(cid)
 
 
 def read_record(c: Consortium, via: str, who: Identity, record_id: str, tag: str) -> bytes:
@@ -387,20 +387,21 @@ class TestFourValidators:
         nodes = status_by_name(c)
         assert {(n["height"], n["app_hash"]) for n in nodes.values()} == {(height, app_hash)}
 
-        # a multi-chunk record put through A reads back identical through B, C and D;
-        # they hold neither content nor key: A serves both over p2p
+        # a multi-chunk record put through A is erasure-coded 2+2 over all four
+        # institutions (each holds one column and the manifest, none a readable copy)
+        # and reads back identical through B, C and D; A, the custodian, releases the key
         content = os.urandom(3 * CHUNK_SIZE + 1234)
         src = c.work / "scan.bin"
         src.write_bytes(content)
         with Client(api(c, "hospital-a"), clinician.key) as cl:
             put = cl.put_record(src, patient=patient.id, record_type="imaging")
         assert put.chunk_count == 4 and put.size == len(content)
+        assert (put.k, put.m) == (2, 2) and sorted(put.placement) == NAMES
+        assert put.placement[0] == "hospital-a"
         wait_converged(c, NAMES, put.height)
-        assert has_content(c, "hospital-a", put.manifest_cid)
-        for name in NAMES[1:]:
-            assert not has_content(c, name, put.manifest_cid), f"{name} has the content already"
+        for name in NAMES:
+            assert has_content(c, name, put.manifest_cid), f"{name} lacks the manifest"
             assert read_record(c, name, patient, put.record_id, "first") == content, name
-            assert has_content(c, name, put.manifest_cid), f"{name} did not keep what it fetched"
 
         # D is killed; a second record is put through A while it is down
         d_pid = nodes["hospital-d"]["pid"]
@@ -411,6 +412,8 @@ class TestFourValidators:
         with Client(api(c, "hospital-a"), clinician.key) as cl:
             put2 = cl.put_record(src2, patient=patient.id, record_type="imaging")
         assert put2.height > height, "no commit while D was down"
+        # three services reachable: k=1, m=2 (any two may still be lost), not on D
+        assert (put2.k, put2.m) == (1, 2) and "hospital-d" not in put2.placement
         down = status_by_name(c)["hospital-d"]
         assert (down["running"], down["pid"], down["height"]) == (False, None, None), down
         wait_converged(c, NAMES[:3], put2.height)

@@ -1,8 +1,9 @@
-"""Bad input at the storage layer: truncated or cut uploads, missing keys, damaged chunks on disk.
+"""Bad input at the storage layer: truncated or cut uploads, missing keys, damaged shards on disk.
 
-Nothing half-uploaded may be registered, no chunk of a failed upload may stay
-on disk, a damaged chunk fails the read with a clear code and leaves no output
-file, and the node keeps serving everything else.
+Nothing half-uploaded may be registered, no shard of a failed upload may stay
+on disk, a damaged shard of a record with no parity (a one-institution
+consortium stores k=1, m=0) fails the read with a clear code and leaves no
+output file, and the node keeps serving everything else.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from medledger.crypto.cid import cid_for
 from medledger.crypto.keys import PublicKey, seal_to
 from medledger.ledger.tx import make_tx
 from medledger.storage import framing
-from medledger.storage.crypt import build_manifest, encrypt_stream
+from medledger.storage.crypt import build_content_manifest, encrypt_stream
 from medledger.storage.manifest import ChunkRef, decode_manifest
 
 from .harness import (
@@ -44,7 +45,9 @@ UPLOAD = "/api/v1/storage/objects"
 
 
 class Sealed(NamedTuple):
-    """A file encrypted as the client does it: chunks, manifest, data key."""
+    """A file encrypted as the client does it: chunks, content manifest, data key.
+    ``manifest_cid`` names the content manifest, which a node never stores as such
+    (it stores the full manifest it builds), so it is never registrable."""
 
     chunks: list[tuple[str, bytes]]
     manifest: bytes
@@ -56,7 +59,7 @@ class Sealed(NamedTuple):
 def seal_content(data: bytes) -> Sealed:
     key = new_data_key()
     chunks = list(encrypt_stream(io.BytesIO(data), len(data), key, CHUNK_SIZE))
-    manifest = build_manifest(
+    manifest = build_content_manifest(
         len(data), CHUNK_SIZE, [ChunkRef(cid=cid, size=len(ct)) for cid, ct in chunks]
     ).encode()
     return Sealed(chunks, manifest, cid_for(manifest), key, len(data))
@@ -76,17 +79,33 @@ def upload(c: Consortium, who: Identity, frames: Iterable[bytes]) -> httpx.Respo
 
 
 def chunk_path(c: Consortium, cid: str) -> Path:
-    """Where the node keeps a chunk on disk (LocalChunkStore's layout)."""
-    return c.home / "data" / "chunks" / cid[-2:] / cid
+    """Where the node keeps a shard on disk (LocalShardBackend's layout)."""
+    return c.home / "shards" / cid[-2:] / cid
 
 
 def stored(c: Consortium, cid: str) -> bool:
     return chunk_path(c, cid).exists()
 
 
-def register_tx(c: Consortium, who: Identity, patient: Identity, s: Sealed) -> bytes:
+def register_tx(
+    c: Consortium,
+    who: Identity,
+    patient: Identity,
+    s: Sealed,
+    stored: dict | None = None,  # type: ignore[type-arg]
+) -> bytes:
+    """A registration of ``s``: as the upload answered (``stored``), or as if the
+    content manifest itself had been stored, with a one-institution layout."""
     with c.client(who) as cl:
         nonce = cl.next_nonce()
+    doc = stored or {
+        "manifest_cid": s.manifest_cid,
+        "shard_root": "00" * 32,
+        "k": 1,
+        "m": 0,
+        "placement": ["hospital-a"],
+        "custodian": "hospital-a",
+    }
     return make_tx(
         who.key,
         chain_id=c.chain_id,
@@ -95,19 +114,23 @@ def register_tx(c: Consortium, who: Identity, patient: Identity, s: Sealed) -> b
         body=RegisterRecordBody(
             patient=patient.id,
             type="note",
-            content_hash=s.manifest_cid,
+            content_hash=doc["manifest_cid"],
             size=s.size,
             chunk_count=len(s.chunks),
-            storage="local:hospital-a",
+            shard_root=bytes.fromhex(doc["shard_root"]),
+            k=doc["k"],
+            m=doc["m"],
+            placement=doc["placement"],
+            custodian=doc["custodian"],
         ),
     )
 
 
-def deposit(c: Consortium, who: Identity, s: Sealed) -> httpx.Response:
+def deposit(c: Consortium, who: Identity, s: Sealed, manifest_cid: str) -> httpx.Response:
     custodian = PublicKey.from_hex(
         httpx.get(c.api + "/api/v1/status").json()["custodian_public_key"]
     )
-    doc = {"manifest_cid": s.manifest_cid, "sealed_key": seal_to(custodian, s.key).hex()}
+    doc = {"manifest_cid": manifest_cid, "sealed_key": seal_to(custodian, s.key).hex()}
     body = json.dumps(doc).encode()
     with c.http() as http:
         return http.post(
@@ -169,12 +192,13 @@ def test_upload_without_manifest_is_truncated(consortium: Consortium, cast: Cast
         "nothing": [],
     }
     state = c.chain_state()
+    before = shard_files(c)
     for what, body in cases.items():
         resp = upload(c, cast.clinician, body)
         expect_error(resp, 400, "UPLOAD_TRUNCATED")
         leftover = [cid for cid, _ in s.chunks if stored(c, cid)]
         assert not leftover, f"{what}: chunks of a failed upload stayed on disk"
-        assert not stored(c, s.manifest_cid)
+        assert shard_files(c) == before, what
     assert c.chain_state() == state
     assert_not_registrable(c, cast, s)
 
@@ -191,12 +215,14 @@ def test_malformed_uploads(consortium: Consortium, cast: Cast) -> None:
         ("UPLOAD_INCOMPLETE", [frames[0], frames[2], manifest]),
         ("BAD_MANIFEST", [*frames, framing.frame(framing.MANIFEST, b"\x93\x01\x02\x03")]),
     ]
+    before = shard_files(c)
     for code, body in cases:
         expect_error(upload(c, cast.clinician, body), 400, code)
         assert not [cid for cid, _ in s.chunks if stored(c, cid)], code
+        assert shard_files(c) == before, code
     # a researcher may not store content at all
     expect_error(upload(c, cast.researcher, [*frames, manifest]), 403, "ACCESS_DENIED")
-    assert not stored(c, s.manifest_cid)
+    assert shard_files(c) == before
     assert_not_registrable(c, cast, s)
 
 
@@ -240,19 +266,28 @@ def test_register_without_key_deposit(consortium: Consortium, cast: Cast) -> Non
         c, cast.clinician, [*chunk_frames(s), framing.frame(framing.MANIFEST, s.manifest)]
     )
     assert resp.status_code == 201, resp.text
-    assert resp.json()["manifest_cid"] == s.manifest_cid
+    stored_doc = resp.json()
+    assert (stored_doc["k"], stored_doc["m"], stored_doc["placement"]) == (1, 0, ["hospital-a"])
+    cid = stored_doc["manifest_cid"]
     before = list_records(c, cast.patient, cast.patient)
     state = c.chain_state()
     with c.http() as http:
-        raw = register_tx(c, cast.clinician, cast.patient, s)
+        raw = register_tx(c, cast.clinician, cast.patient, s, stored_doc)
         expect_error(http.post("/api/v1/tx", content=raw), 400, "KEY_NOT_DEPOSITED")
         # a deposit for content that is not stored is refused
         other = seal_content(b"never uploaded")
-        expect_error(deposit(c, cast.clinician, other), 404, "CONTENT_NOT_STORED")
+        expect_error(
+            deposit(c, cast.clinician, other, other.manifest_cid), 404, "CONTENT_NOT_STORED"
+        )
+        # a registration whose layout differs from the stored manifest is refused
+        assert deposit(c, cast.clinician, s, cid).status_code == 201
+        forged = register_tx(
+            c, cast.clinician, cast.patient, s, {**stored_doc, "shard_root": "11" * 32}
+        )
+        expect_error(http.post("/api/v1/tx", content=forged), 400, "CONTENT_MISMATCH")
         assert c.chain_state() == state
         assert list_records(c, cast.patient, cast.patient) == before
-        # once the key is deposited, the same registration goes through
-        assert deposit(c, cast.clinician, s).status_code == 201
+        # with the key deposited and the true layout, the registration goes through
         receipt = http.post("/api/v1/tx", content=raw).json()
     assert receipt["code"] == "OK"
     assert list_records(c, cast.patient, cast.patient) == [*before, receipt["data"]["record_id"]]
@@ -270,8 +305,8 @@ def put_file(c: Consortium, who: Identity, patient: Identity, data: bytes) -> di
     return put
 
 
-def chunk_files(c: Consortium) -> set[Path]:
-    return {p for p in (c.home / "data" / "chunks").rglob("*") if p.is_file()}
+def shard_files(c: Consortium) -> set[Path]:
+    return {p for p in (c.home / "shards").rglob("*") if p.is_file()}
 
 
 def get_file(c: Consortium, who: Identity, rid: str, out: Path) -> tuple[int, str]:
@@ -317,10 +352,10 @@ def test_damaged_chunk_fails_read(
     consortium: Consortium, cast: Cast, kept: Kept, damage: str, chunk: int | None
 ) -> None:
     c = consortium
-    before = chunk_files(c)
+    before = shard_files(c)
     victim = put_file(c, cast.clinician, cast.patient, os.urandom(3 * CHUNK_SIZE + 11))
     assert victim["chunk_count"] == 4
-    assert len(chunk_files(c) - before) == 4 + 1  # its chunks and its manifest
+    assert len(shard_files(c) - before) == 4 + 1  # its chunks (k=1, m=0) and its manifest
     manifest_file = chunk_path(c, victim["content_hash"])
     manifest = decode_manifest(manifest_file.read_bytes())
     target = manifest_file if chunk is None else chunk_path(c, manifest.chunks[chunk].cid)
@@ -336,7 +371,7 @@ def test_damaged_chunk_fails_read(
 
     out = c.work / f"out-{damage}-{chunk}.bin"
     code, err = get_file(c, cast.patient, victim["record_id"], out)
-    want = "CHUNK_NOT_FOUND" if damage == "delete" else "CHUNK_CORRUPT"
+    want = "MANIFEST_NOT_FOUND" if chunk is None else "NOT_ENOUGH_SHARDS"
     assert code == 1 and err.strip().startswith(f"error: {want}: "), err
     assert "Traceback" not in err
     assert not out.exists(), "a failed read left its output file"

@@ -109,7 +109,11 @@ def register_body(patient: str, **overrides: Any) -> RegisterRecordBody:
         "content_hash": content_cid(patient),
         "size": 1234,
         "chunk_count": 1,
-        "storage": "local",
+        "shard_root": bytes(32),
+        "k": 1,
+        "m": 0,
+        "placement": ["alpha"],
+        "custodian": "alpha",
     }
     fields.update(overrides)
     return RegisterRecordBody(**fields)

@@ -437,7 +437,11 @@ def test_register_permissions(world: World, author: str, patient: str, ok: bool)
         content_hash=content_cid(world[patient].id),
         size=1234,
         chunk_count=1,
-        storage="local",
+        shard_root=bytes(32),
+        k=1,
+        m=0,
+        placement=["alpha"],
+        custodian="alpha",
         institution=author_ident.institution,
         creator=world[author].id,
         created_ms=chain.time_ms,
@@ -468,8 +472,14 @@ def test_register_permissions(world: World, author: str, patient: str, ok: bool)
         ({"size": -1}, "TX_MALFORMED"),
         ({"size": 1 << 48}, "TX_MALFORMED"),
         ({"chunk_count": -1}, "TX_MALFORMED"),
-        ({"storage": ""}, "TX_MALFORMED"),
-        ({"storage": "s" * 257}, "TX_MALFORMED"),
+        ({"k": 0}, "BAD_ERASURE_PARAMS"),
+        ({"k": 11}, "BAD_ERASURE_PARAMS"),
+        ({"m": 5}, "BAD_ERASURE_PARAMS"),
+        ({"placement": []}, "BAD_PLACEMENT"),
+        ({"placement": ["alpha", "alpha"], "m": 1}, "BAD_PLACEMENT"),
+        ({"placement": ["nowhere"]}, "BAD_PLACEMENT"),
+        ({"custodian": "nowhere"}, "BAD_PLACEMENT"),
+        ({"shard_root": b"short"}, "TX_MALFORMED"),
     ],
 )
 def test_register_validation(world: World, override: dict, code: str) -> None:  # type: ignore[type-arg]
@@ -496,7 +506,9 @@ def test_register_edge_values(world: World) -> None:
         type="a" * 32,
         size=(1 << 48) - 1,
         chunk_count=0,
-        storage="s" * 256,
+        k=1,
+        m=1,
+        placement=["alpha", "beta"],
     )
     assert res.ok
 

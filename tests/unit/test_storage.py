@@ -15,17 +15,17 @@ from mlhelpers import PROPS
 
 from medledger.crypto.cid import cid_for
 from medledger.errors import IntegrityError, InvalidInput, NotFound
-from medledger.storage import chunkstore as chunkstore_module
+from medledger.storage import backend as chunkstore_module
 from medledger.storage import framing
-from medledger.storage.chunkstore import LocalChunkStore
-from medledger.storage.crypt import ChunkDecryptor, build_manifest, encrypt_stream
+from medledger.storage.backend import LocalShardBackend as LocalChunkStore
+from medledger.storage.crypt import ChunkDecryptor, build_content_manifest, encrypt_stream
 from medledger.storage.manifest import (
     CIPHER,
     MANIFEST_VERSION,
     MAX_CHUNK_SIZE,
     ChunkRef,
-    Manifest,
-    decode_manifest,
+    ContentManifest,
+    decode_content_manifest,
 )
 
 # ---- framing ---------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def test_parser_pending_mid_frame() -> None:
     assert parser.pending == 0
 
 
-@pytest.mark.parametrize("kind", [b"X", b"c", b"\x00", b"m"])
+@pytest.mark.parametrize("kind", [b"Z", b"c", b"\x00", b"m"])
 def test_parser_unknown_kind(kind: bytes) -> None:
     parser = framing.FrameParser(max_payload=64)
     with pytest.raises(InvalidInput) as exc:
@@ -112,9 +112,11 @@ KEY = bytes(range(32))
 CS = 64
 
 
-def encrypt(plain: bytes, chunk_size: int = CS, key: bytes = KEY) -> tuple[Manifest, list[bytes]]:
+def encrypt(
+    plain: bytes, chunk_size: int = CS, key: bytes = KEY
+) -> tuple[ContentManifest, list[bytes]]:
     out = list(encrypt_stream(io.BytesIO(plain), len(plain), key, chunk_size))
-    manifest = build_manifest(
+    manifest = build_content_manifest(
         len(plain), chunk_size, [ChunkRef(cid=c, size=len(ct)) for c, ct in out]
     )
     for cid, ct in out:
@@ -122,7 +124,7 @@ def encrypt(plain: bytes, chunk_size: int = CS, key: bytes = KEY) -> tuple[Manif
     return manifest, [ct for _, ct in out]
 
 
-def decrypt(manifest: Manifest, chunks: list[bytes], key: bytes = KEY) -> bytes:
+def decrypt(manifest: ContentManifest, chunks: list[bytes], key: bytes = KEY) -> bytes:
     dec = ChunkDecryptor(manifest, key)
     parts = [dec.feed(c) for c in chunks]
     assert dec.done
@@ -137,8 +139,7 @@ def test_encrypt_round_trip(size: int) -> None:
     assert manifest.size == size and manifest.chunk_size == CS
     assert all(len(c) <= CS + 16 for c in chunks)
     assert decrypt(manifest, chunks) == plain
-    assert decode_manifest(manifest.encode()) == manifest
-    assert manifest.cid() == cid_for(manifest.encode())
+    assert decode_content_manifest(manifest.encode()) == manifest
 
 
 @PROPS
@@ -205,12 +206,12 @@ def test_decryptor_extra_and_missing_chunks() -> None:
 def test_forged_manifest_cannot_reorder_or_truncate() -> None:
     manifest, chunks = encrypt(os.urandom(3 * CS))
     refs = manifest.chunks
-    reordered = build_manifest(manifest.size, CS, [refs[1], refs[0], refs[2]])
+    reordered = build_content_manifest(manifest.size, CS, [refs[1], refs[0], refs[2]])
     dec = ChunkDecryptor(reordered, KEY)
     with pytest.raises(IntegrityError) as exc:
         dec.feed(chunks[1])
     assert exc.value.code == "CHUNK_DECRYPT_FAILED"
-    truncated = build_manifest(2 * CS, CS, refs[:2])
+    truncated = build_content_manifest(2 * CS, CS, refs[:2])
     with pytest.raises(IntegrityError) as exc:
         ChunkDecryptor(truncated, KEY).feed(chunks[0])
     assert exc.value.code == "CHUNK_DECRYPT_FAILED"
@@ -230,7 +231,7 @@ def test_decryptor_open_out_of_order() -> None:
     assert exc.value.code == "CHUNK_CORRUPT"
 
 
-def good_manifest(size: int = 2 * CS + 5) -> Manifest:
+def good_manifest(size: int = 2 * CS + 5) -> ContentManifest:
     manifest, _ = encrypt(bytes(size))
     return manifest
 
@@ -238,7 +239,7 @@ def good_manifest(size: int = 2 * CS + 5) -> Manifest:
 @pytest.mark.parametrize(
     "change",
     [
-        {"version": 2},
+        {"version": 1},
         {"cipher": "aes-128-gcm/v1"},
         {"chunk_size": 0},
         {"chunk_size": -CS},
@@ -256,7 +257,7 @@ def test_manifest_validate_rejects(change: dict) -> None:  # type: ignore[type-a
         bad.validate()
     assert exc.value.code == "BAD_MANIFEST"
     with pytest.raises(InvalidInput) as exc:
-        decode_manifest(bad.encode())
+        decode_content_manifest(bad.encode())
     assert exc.value.code == "BAD_MANIFEST"
 
 
@@ -276,13 +277,15 @@ def test_manifest_chunk_refs_checked(which: int) -> None:
 
 
 def test_manifest_empty_and_decode_errors() -> None:
-    empty = Manifest(version=MANIFEST_VERSION, cipher=CIPHER, chunk_size=CS, size=0, chunks=[])
+    empty = ContentManifest(
+        version=MANIFEST_VERSION, cipher=CIPHER, chunk_size=CS, size=0, chunks=[]
+    )
     empty.validate()
     m = good_manifest()
     data = m.encode()
     for bad in (b"", data[:-1], data + b"\x00", b"\x00" + data, msgspec.msgpack.encode([1, 2])):
         with pytest.raises(InvalidInput) as exc:
-            decode_manifest(bad)
+            decode_content_manifest(bad)
         assert exc.value.code == "BAD_MANIFEST"
 
 
@@ -309,7 +312,7 @@ def test_store_put_get_has_delete(store: LocalChunkStore) -> None:
     store.delete(cid)  # idempotent
     with pytest.raises(NotFound) as exc:
         store.get(cid)
-    assert exc.value.code == "CHUNK_NOT_FOUND"
+    assert exc.value.code == "SHARD_NOT_FOUND"
     assert not [p for p in store.root.rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -354,7 +357,7 @@ def test_store_corrupt_file(store: LocalChunkStore, damage: str) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError) as exc:
         store.get(cid)
-    assert exc.value.code == "CHUNK_CORRUPT"
+    assert exc.value.code == "SHARD_CORRUPT"
 
 
 def test_store_concurrent_put_of_same_chunk(

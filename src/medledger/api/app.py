@@ -7,7 +7,9 @@ and ``{"error": {"code", "message"}}``; anything unexpected becomes a 500
 
 from __future__ import annotations
 
+import base64
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medledger import __version__
 from medledger.api import signing
+from medledger.api.storage_routes import add_storage_routes, frame_items
 from medledger.app import access
 from medledger.app.model import (
     ACTIVE,
@@ -34,6 +37,7 @@ from medledger.app.model import (
     p_patient_records,
 )
 from medledger.codec import decode
+from medledger.crypto.cid import is_cid
 from medledger.crypto.keys import PublicKey, is_identity_id
 from medledger.errors import (
     AuthError,
@@ -53,6 +57,8 @@ from medledger.ledger.proofs import (
 from medledger.ledger.tx import decode_envelope, tx_hash
 from medledger.log import get_logger
 from medledger.node.node import Node, Receipt, now_ms
+from medledger.storage import framing
+from medledger.storage.manifest import MAX_CHUNK_SIZE
 
 log = get_logger("medledger.api")
 
@@ -155,6 +161,12 @@ def create_app(node: Node) -> FastAPI:
 
     async def caller_dep(request: Request) -> Caller:
         return await authenticate(request)
+
+    def role_in(caller: Caller, roles: frozenset[str], what: str) -> None:
+        if caller.identity.role not in roles:
+            raise Forbidden(f"role {caller.identity.role} may not {what}", code="ACCESS_DENIED")
+
+    add_storage_routes(app, node, authenticate, role_in)
 
     async def json_body(request: Request) -> dict[str, Any]:
         body = await read_small_body(request)
@@ -343,21 +355,34 @@ def create_app(node: Node) -> FastAPI:
     # ---- storage ---------------------------------------------------------------------------------
 
     @app.post("/api/v1/storage/objects", status_code=201)
-    async def upload(request: Request) -> dict[str, Any]:
-        """Stream encrypted chunks (frames C...) then the manifest (frame M)."""
+    async def upload(
+        request: Request, k: int | None = None, m: int | None = None
+    ) -> dict[str, Any]:
+        """Stream encrypted chunks (frames C...) then the content manifest (frame M);
+        the node erasure-codes them over k+m institutions' shard services."""
         caller = await authenticate(request, streamed=True)
-        if caller.identity.role not in WRITER_ROLES:
-            raise Forbidden(
-                f"role {caller.identity.role} may not store content", code="ACCESS_DENIED"
-            )
-        result = await node.storage.receive(request.stream(), node.metrics.bytes_stored.inc)
-        manifest = result.manifest
-        log.info("storage.stored", chunks=len(manifest.chunks), bytes=manifest.size)
+        role_in(caller, WRITER_ROLES, "store content")
+        items = frame_items(request.stream(), MAX_CHUNK_SIZE + 64)
+        manifest, data = await node.storage.upload(items, k, m, node.metrics.bytes_stored.inc)
+        manifest_cid = cid_of(data)
+        log.info(
+            "storage.stored",
+            manifest=manifest_cid,
+            chunks=len(manifest.chunks),
+            bytes=manifest.size,
+            placement=manifest.placement,
+        )
         return {
-            "manifest_cid": result.manifest_cid,
+            "manifest_cid": manifest_cid,
             "size": manifest.size,
             "chunk_count": len(manifest.chunks),
-            "new_chunks": len(result.new_chunks),
+            "k": manifest.k,
+            "m": manifest.m,
+            "placement": manifest.placement,
+            "shard_root": manifest.shard_root.hex(),
+            "stored_bytes": manifest.stored_bytes(),
+            "custodian": node.config.name,
+            "manifest": base64.b64encode(data).decode("ascii"),
         }
 
     @app.get("/api/v1/storage/records/{record_id}")
@@ -366,12 +391,22 @@ def create_app(node: Node) -> FastAPI:
     ) -> StreamingResponse:
         """Stream a record's manifest and encrypted chunks after a committed, allowed read."""
         meta = gate(record_id, access_tx, caller)
-        _, frames = await node.storage.send(
-            meta.content_hash, node.metrics.bytes_served.inc, remote=node.remote_chunks(meta)
-        )
-        # No Content-Length: a chunk found missing or corrupt mid-stream ends the stream
+        manifest_bytes, chunks = await node.storage.read(meta)
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield framing.frame(framing.MANIFEST, manifest_bytes)
+            try:
+                async for chunk in chunks:
+                    node.metrics.bytes_served.inc(len(chunk))
+                    yield framing.frame_header(framing.CHUNK, len(chunk))
+                    yield chunk
+            except MedLedgerError as exc:
+                log.warning("storage.read_failed", record_id=record_id, code=exc.code)
+                yield framing.frame(framing.ERROR, msgspec.json.encode(exc.to_dict()))
+
+        # No Content-Length: a stripe found unreadable mid-stream ends the stream
         # early with an E frame, which a declared length would turn into a cut connection.
-        return StreamingResponse(frames, media_type="application/vnd.medledger.frames")
+        return StreamingResponse(frames(), media_type="application/vnd.medledger.frames")
 
     # ---- custody ----------------------------------------------------------------------------------
 
@@ -379,10 +414,7 @@ def create_app(node: Node) -> FastAPI:
     async def deposit(
         caller: Caller = Depends(caller_dep), doc: dict[str, Any] = Depends(json_body)
     ) -> dict[str, Any]:
-        if caller.identity.role not in WRITER_ROLES:
-            raise Forbidden(
-                f"role {caller.identity.role} may not deposit keys", code="ACCESS_DENIED"
-            )
+        role_in(caller, WRITER_ROLES, "deposit keys")
         try:
             manifest_cid = str(doc["manifest_cid"])
             sealed = bytes.fromhex(str(doc["sealed_key"]))
@@ -390,7 +422,7 @@ def create_app(node: Node) -> FastAPI:
             raise InvalidInput(
                 "deposit needs manifest_cid and sealed_key (hex)", code="BAD_DEPOSIT"
             )
-        if not node.chunks.has(manifest_cid):
+        if not is_cid(manifest_cid) or not node.storage.backend.has(manifest_cid):
             raise NotFound(
                 "content must be stored before its key is deposited", code="CONTENT_NOT_STORED"
             )
@@ -648,7 +680,11 @@ def record_json(m: RecordMeta) -> dict[str, Any]:
         "content_hash": m.content_hash,
         "size": m.size,
         "chunk_count": m.chunk_count,
-        "storage": m.storage,
+        "k": m.k,
+        "m": m.m,
+        "placement": m.placement,
+        "shard_root": m.shard_root.hex(),
+        "custodian": m.custodian,
         "institution": m.institution,
         "creator": m.creator,
         "created_ms": m.created_ms,

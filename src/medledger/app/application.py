@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medledger.app import access, membership
+from medledger.app import access, membership, storage
 from medledger.app.membership import ValidatorList
 from medledger.app.model import (
     ACTIVE,
@@ -25,6 +25,8 @@ from medledger.app.model import (
     RECORD_TYPE_RE,
     REGISTER_RECORD,
     ROLES,
+    STORAGE_ALERT,
+    STORAGE_REPAIR,
     SUBMIT_EVIDENCE,
     SUSPEND,
     SUSPENDED,
@@ -38,6 +40,8 @@ from medledger.app.model import (
     RecordMeta,
     RegisterRecordBody,
     Role,
+    StorageAlertBody,
+    StorageRepairBody,
     SuspendBody,
     VoteMemberBody,
     is_record_id,
@@ -66,7 +70,6 @@ INCLUDED_FAILURES = frozenset({"ACCESS_DENIED"})
 MAX_SIZE = 1 << 48
 DECODED_CACHE = 100_000
 _MISSING: Any = object()
-MAX_STORAGE_LEN = 256
 MAX_REASON_LEN = 512
 
 
@@ -116,6 +119,8 @@ class Application:
             PROPOSE_MEMBER: (ProposeMemberBody, self._propose_member),
             VOTE_MEMBER: (VoteMemberBody, self._vote_member),
             SUBMIT_EVIDENCE: (EvidenceBody, self._submit_evidence),
+            STORAGE_ALERT: (StorageAlertBody, self._storage_tx(storage.alert)),
+            STORAGE_REPAIR: (StorageRepairBody, self._storage_tx(storage.repair)),
         }
 
     # ---- genesis -------------------------------------------------------------------
@@ -307,7 +312,7 @@ class Application:
         child = view.child()
         try:
             result: TxResult = fn(child, ctx, stx, sender, body)
-        except ExecError as exc:
+        except (ExecError, storage.StorageRuleError) as exc:
             return _fail(exc.code, exc.message)
         if result.ok or result.code in INCLUDED_FAILURES:
             view.merge(child)
@@ -392,8 +397,7 @@ class Application:
             raise ExecError("content hash is not a CIDv1", code="BAD_CID")
         if not 0 <= body.size < MAX_SIZE or not 0 <= body.chunk_count < MAX_SIZE:
             raise ExecError("size out of range", code="TX_MALFORMED")
-        if not 0 < len(body.storage) <= MAX_STORAGE_LEN:
-            raise ExecError("storage location missing or too long", code="TX_MALFORMED")
+        storage.check_layout(view, body)
         record_id = record_id_for(stx.hash)
         meta = RecordMeta(
             record_id=record_id,
@@ -402,7 +406,11 @@ class Application:
             content_hash=body.content_hash,
             size=body.size,
             chunk_count=body.chunk_count,
-            storage=body.storage,
+            shard_root=body.shard_root,
+            k=body.k,
+            m=body.m,
+            placement=body.placement,
+            custodian=body.custodian,
             institution=sender.institution,
             creator=sender.id,
             created_ms=ctx.time_ms,
@@ -463,6 +471,17 @@ class Application:
         if outcome.validator_updates is not None:
             self._block_updates = outcome.validator_updates
         return _ok(outcome.events, outcome.data)
+
+    @staticmethod
+    def _storage_tx(
+        fn: Callable[[StateView, Identity, Any], list[Event]],
+    ) -> Callable[..., TxResult]:
+        def run(
+            view: StateView, ctx: BlockContext, stx: SignedTx, sender: Identity, body: Any
+        ) -> TxResult:
+            return _ok(fn(view, sender, body), {"record_id": body.record_id})
+
+        return run
 
     def query_validators(self) -> list[Validator]:
         return membership.current_validators(self.committed_view())

@@ -63,11 +63,23 @@ class RecordMeta(Record, frozen=True):
     content_hash: str  # CID of the storage manifest
     size: int
     chunk_count: int
-    storage: str
+    shard_root: bytes  # Merkle root over the record's shards (in the manifest too)
+    k: int  # erasure code: data shards per stripe
+    m: int  # parity shards per stripe
+    placement: list[str]  # institution holding each shard column (now: repairs move them)
+    custodian: str  # institution whose node holds the data key
     institution: str
     creator: str
     created_ms: int
     height: int
+
+    @property
+    def stripes(self) -> int:
+        return -(-self.chunk_count // self.k)
+
+    @property
+    def shard_count(self) -> int:
+        return self.chunk_count + self.stripes * self.m
 
 
 # ---- transaction kinds and bodies -------------------------------------------------
@@ -94,12 +106,45 @@ class RegisterRecordBody(Record, frozen=True):
     content_hash: str
     size: int
     chunk_count: int
-    storage: str
+    shard_root: bytes
+    k: int
+    m: int
+    placement: list[str]
+    custodian: str
 
 
 class ReadRecordBody(Record, frozen=True):
     record_id: str
     purpose: str
+
+
+# ---- storage audits and repair -----------------------------------------------------
+
+STORAGE_ALERT = "storage.alert"
+STORAGE_REPAIR = "storage.repair"
+STORAGE_SUBJECT = "@storage"  # the audit-index subject of storage alerts and repairs
+ALERT_REASONS = frozenset({"missing", "corrupt", "unreachable"})
+
+
+class StorageAlertBody(Record, frozen=True):
+    """A storage challenge (or check) failed: shards of one column at one institution."""
+
+    record_id: str
+    column: int
+    institution: str
+    reason: str  # missing | corrupt | unreachable
+    stripes: list[int]  # the failed stripes (sorted; may be a sample)
+    seed_height: int  # the block whose hash seeded the audit (0: an on-demand check)
+
+
+class StorageRepairBody(Record, frozen=True):
+    """Shards of a column were rebuilt from other shards onto ``to_institution``."""
+
+    record_id: str
+    column: int
+    from_institution: str
+    to_institution: str
+    shards: int  # how many shards were rebuilt
 
 
 # ---- keys ---------------------------------------------------------------------------

@@ -61,7 +61,10 @@ def init_consortium(
     p2p_ports = {
         name: (base_port + 100 + i if base_port else free_port()) for i, name in enumerate(names)
     }
-    for i, name in enumerate(names):
+    api_ports = {
+        name: (base_port + i if base_port else free_port()) for i, name in enumerate(names)
+    }
+    for name in names:
         home = root / name
         admin = PrivateKey.generate()
         node_key = node_keys[name]
@@ -73,7 +76,7 @@ def init_consortium(
         validators.append(
             Validator(name=name, id=node_key.id, public_key=node_key.public_key.raw, power=10)
         )
-        port = base_port + i if base_port else free_port()
+        port = api_ports[name]
         save_config(
             home,
             NodeConfig(
@@ -88,6 +91,7 @@ def init_consortium(
                         public_key=node_keys[other].public_key.hex(),
                         host="127.0.0.1",
                         port=p2p_ports[other],
+                        api_url=f"http://127.0.0.1:{api_ports[other]}",
                     )
                     for other in names
                     if other != name
@@ -152,6 +156,7 @@ def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> d
                 public_key=key.public_key.hex(),
                 host=cfg.p2p_host,
                 port=cfg.p2p_port,
+                api_url=cfg.api_url(),
             )
         )
     first = load_config(homes[0])
@@ -170,6 +175,7 @@ def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> d
         public_key=node_key.public_key.hex(),
         host=config.p2p_host,
         port=config.p2p_port,
+        api_url=config.api_url(),
     )
     for other in homes:
         cfg = load_config(other)

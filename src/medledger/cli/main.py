@@ -32,6 +32,7 @@ from medledger.cli import consortium
 from medledger.client import Client
 from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
 from medledger.errors import InvalidInput, MedLedgerError
+from medledger.study import STUDY_RECORD_TYPE, StudyArchive, extract_study, scan_study
 
 app = typer.Typer(
     name="medledger",
@@ -52,6 +53,10 @@ app.add_typer(identity_app, name="identity")
 app.add_typer(record_app, name="record")
 app.add_typer(node_app, name="node")
 app.add_typer(proof_app, name="proof")
+storage_app = typer.Typer(
+    help="Erasure-coded storage: service status, audits, repair, alerts.", no_args_is_help=True
+)
+app.add_typer(storage_app, name="storage")
 gov_app = typer.Typer(
     help="Admit and remove member institutions (voted by 2/3+ of voting power).",
     no_args_is_help=True,
@@ -414,63 +419,134 @@ def identity_show(
 
 @record_app.command("put")
 def record_put(
-    file: Annotated[Path, typer.Argument(help="File to store (encrypted on this machine first).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="File to store, or a folder of DICOM files (an imaging study, stored as one "
+            "record). Encrypted on this machine first."
+        ),
+    ],
     patient: Annotated[str, typer.Option(help="Patient identity ID.")],
     type: Annotated[
-        str, typer.Option("--type", help="Record type, e.g. note, lab, imaging.")
-    ] = "document",
+        str,
+        typer.Option(
+            "--type", help="Record type, e.g. note, lab, imaging (a folder: imaging-study)."
+        ),
+    ] = "",
+    k: Annotated[
+        int | None, typer.Option("--k", help="Data shards per stripe (default: the node's choice).")
+    ] = None,
+    m: Annotated[
+        int | None, typer.Option("--m", help="Parity shards per stripe (default: 2 if possible).")
+    ] = None,
     node: NodeOpt = "",
     as_key: AsOpt = Path("key"),
     as_json: JsonOpt = False,
 ) -> None:
-    """Encrypt a file, store it off chain and register it on the ledger."""
-    if not file.is_file():
-        raise InvalidInput(f"{file} is not a readable file", code="FILE_NOT_FOUND")
-    size = file.stat().st_size
+    """Encrypt a file or study, store it erasure-coded across institutions, register it."""
+    study: StudyArchive | None = None
+    if path.is_dir():
+        study = scan_study(path)
+        size = study.size
+        record_type = type or STUDY_RECORD_TYPE
+    elif path.is_file():
+        size = path.stat().st_size
+        record_type = type or "document"
+    else:
+        raise InvalidInput(f"{path} is not a readable file or folder", code="FILE_NOT_FOUND")
     with client_for(node, as_key) as c, _progress() as prog:
-        task = prog.add_task(f"put {file.name}", total=size)
-        r = c.put_record(
-            file, patient=patient, record_type=type, progress=lambda n: prog.advance(task, n)
-        )
-    doc = {
+        task = prog.add_task(f"put {path.name}", total=size)
+
+        def advance(n: int) -> None:
+            prog.advance(task, n)
+
+        if study is not None:
+            with study.open() as src:
+                r = c.put_stream(
+                    src, size, patient=patient, record_type=record_type, progress=advance, k=k, m=m
+                )
+        else:
+            r = c.put_record(
+                path, patient=patient, record_type=record_type, progress=advance, k=k, m=m
+            )
+    doc: dict[str, Any] = {
         "record_id": r.record_id,
         "tx_hash": r.tx_hash,
         "height": r.height,
+        "type": record_type,
         "content_hash": r.manifest_cid,
         "size": r.size,
         "chunk_count": r.chunk_count,
+        "k": r.k,
+        "m": r.m,
+        "placement": r.placement,
+        "stored_bytes": r.stored_bytes,
     }
+    if study is not None:
+        doc["study"] = study.summary()
     emit(
-        doc, as_json, lambda: out.print(f"stored {file} as record {r.record_id} (block {r.height})")
+        doc,
+        as_json,
+        lambda: out.print(
+            f"stored {path} as record {r.record_id} (block {r.height}; "
+            f"{r.k}+{r.m} shards over {', '.join(r.placement)})"
+        ),
     )
 
 
 @record_app.command("get")
 def record_get(
     record_id: str,
-    out_file: Annotated[Path, typer.Option("--out", help="Where to write the content.")],
+    out_path: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Where to write the content (an imaging study: a folder to extract to)."
+        ),
+    ],
     purpose: Annotated[
         str, typer.Option(help="treatment, patient-access, research, insurance, referral, audit")
     ] = "treatment",
+    archive: Annotated[
+        bool, typer.Option("--archive", help="Write an imaging study as its tar archive.")
+    ] = False,
     node: NodeOpt = "",
     as_key: AsOpt = Path("key"),
     as_json: JsonOpt = False,
 ) -> None:
     """Log the read on the ledger, then fetch, verify and decrypt the record."""
-    with client_for(node, as_key) as c, _progress() as prog:
-        task = prog.add_task(f"get {record_id[:12]}", total=None)
-        r = c.get_record(
-            record_id,
-            out_file,
-            purpose=purpose,
-            progress=lambda n: prog.advance(task, n),
-            on_size=lambda s: prog.update(task, total=s),
-        )
+    with client_for(node, as_key) as c:
+        try:
+            is_study = c.record(record_id)["type"] == STUDY_RECORD_TYPE and not archive
+        except MedLedgerError:
+            is_study = False  # metadata hidden: the read itself is decided (and logged) on chain
+        target = out_path
+        if is_study:
+            if out_path.exists() and not out_path.is_dir():
+                raise InvalidInput(f"{out_path} exists and is not a folder", code="FILE_EXISTS")
+            out_path.mkdir(parents=True, exist_ok=True)
+            target = out_path / f".{record_id}.tar.part"
+        with _progress() as prog:
+            task = prog.add_task(f"get {record_id[:12]}", total=None)
+            r = c.get_record(
+                record_id,
+                target,
+                purpose=purpose,
+                progress=lambda n: prog.advance(task, n),
+                on_size=lambda s: prog.update(task, total=s),
+            )
+    if is_study:
+        try:
+            with open(target, "rb") as fh:
+                files = extract_study(fh, out_path)
+        finally:
+            target.unlink(missing_ok=True)
+        r["out"] = str(out_path)
+        r["files"] = len(files)
     emit(
         r,
         as_json,
         lambda: out.print(
-            f"wrote {r['size']} bytes to {out_file} (read logged in block {r['height']})"
+            f"wrote {r['size']} bytes to {out_path} (read logged in block {r['height']})"
         ),
     )
 
@@ -503,6 +579,119 @@ def record_show(
     with client_for(node, as_key) as c:
         doc = c.record(record_id)
     emit(doc, as_json, lambda: out.print(doc))
+
+
+# ---- storage ---------------------------------------------------------------------------------------
+
+
+@storage_app.command("status")
+def storage_status(
+    node: NodeOpt = "", as_key: AsOpt = Path("key"), as_json: JsonOpt = False
+) -> None:
+    """Every institution's shard service: health, usage and shards placed there."""
+    with client_for(node, as_key) as c:
+        doc = c.get_json("/api/v1/storage/status")
+
+    def human() -> None:
+        t = Table("institution", "healthy", "objects", "bytes", "shards placed", "backend")
+        for s in doc["services"]:
+            t.add_row(
+                s["institution"],
+                "yes" if s["healthy"] else f"NO ({s.get('error', '')})",
+                str(s.get("objects", "")),
+                str(s.get("bytes", "")),
+                str(s["shards_placed"]),
+                str(s.get("backend", "")),
+            )
+        out.print(t)
+
+    emit(doc, as_json, human)
+
+
+@storage_app.command("audit")
+def storage_audit(
+    all_shards: Annotated[
+        bool, typer.Option("--all", help="Challenge every shard, not the seeded sample.")
+    ] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Repair what fails.")] = False,
+    height: Annotated[
+        int, typer.Option(help="Block whose hash seeds the challenges (default: latest).")
+    ] = 0,
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Challenge stored shards now; failures are recorded on chain as alerts."""
+    params = {"all": str(all_shards).lower(), "repair": str(repair).lower(), "height": height}
+    with client_for(node, as_key) as c:
+        doc = c.post_json("/api/v1/storage/audit", params=params)
+
+    def human() -> None:
+        out.print(
+            f"audited {doc['checked']} shards (seed block {doc['seed_height']}): "
+            f"{len(doc['failures'])} failures, {len(doc['alerts'])} alerts"
+        )
+        for f in doc["failures"]:
+            out.print(
+                f"  {f['record_id']} column {f['column']} at {f['institution']}: "
+                f"{f['reason']} (stripes {f['stripes']})"
+            )
+
+    emit(doc, as_json, human)
+    if doc["failures"] and not repair:
+        raise typer.Exit(3)
+
+
+@storage_app.command("repair")
+def storage_repair(
+    record: Annotated[str, typer.Option(help="Only this record (default: all).")] = "",
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every shard and rebuild missing or corrupt ones from the others."""
+    with client_for(node, as_key) as c:
+        doc = c.post_json("/api/v1/storage/repair", params={"record": record} if record else None)
+
+    def human() -> None:
+        if not doc["repairs"]:
+            out.print("every shard is in place")
+        for r in doc["repairs"]:
+            out.print(
+                f"{r['record_id']} column {r['column']} at {r['institution']}: {r['status']}"
+                + (f" -> {r['to']} ({r['shards']} shards)" if r["status"] == "repaired" else "")
+            )
+
+    emit(doc, as_json, human)
+    if any(r["status"] != "repaired" for r in doc["repairs"]):
+        raise typer.Exit(3)
+
+
+@storage_app.command("alerts")
+def storage_alerts(
+    node: NodeOpt = "", as_key: AsOpt = Path("key"), as_json: JsonOpt = False
+) -> None:
+    """Storage alerts and repairs recorded on the ledger."""
+    with client_for(node, as_key) as c:
+        doc = c.get_json("/api/v1/storage/alerts")
+
+    def human() -> None:
+        t = Table("height", "kind", "record", "details")
+        for e in doc["events"]:
+            rest = {
+                k: v
+                for k, v in e.items()
+                if k not in ("height", "kind", "record_id", "actor", "time_ms")
+            }
+            t.add_row(
+                str(e["height"]),
+                e["kind"],
+                e["record_id"],
+                " ".join(f"{k}={v}" for k, v in rest.items()),
+            )
+        out.print(t)
+
+    emit(doc, as_json, human)
 
 
 # ---- audit and proofs -----------------------------------------------------------------------------

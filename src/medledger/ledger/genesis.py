@@ -28,6 +28,8 @@ class ChainParams(Record, frozen=True):
     max_mempool_txs: int = 50000
     max_mempool_bytes: int = 128 * 1024 * 1024
     access_grant_ttl_ms: int = 10 * 60 * 1000
+    storage_audit_epoch: int = 20  # blocks between storage audits
+    storage_audit_challenges: int = 16  # shards challenged per audit
 
 
 class Genesis(Record, frozen=True):

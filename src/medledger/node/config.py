@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 
 from medledger.errors import InvalidInput
+from medledger.storage.s3backend import S3Config
 
 
 class PeerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -16,6 +17,7 @@ class PeerConfig(msgspec.Struct, forbid_unknown_fields=True):
     public_key: str  # hex Ed25519 node key
     host: str
     port: int
+    api_url: str = ""  # its API (and shard service), e.g. http://10.0.0.2:8700
 
 
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -36,6 +38,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout_propose_ms: int = 1000
     timeout_vote_ms: int = 500
     timeout_delta_ms: int = 500
+    shards_dir: str = "shards"  # the local shard backend, under the node's home
+    s3: S3Config | None = None  # shards in an S3-compatible store instead
+    storage_audits: bool = True  # run the storage audits this node is chosen for
 
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"

@@ -3,8 +3,8 @@
 It does what the core cannot: the clock (timeouts), the disk (write-ahead log,
 block store), the network (``p2p``), signing, block building and validation
 (through the application), block sync for nodes that fell behind, mempool gossip,
-evidence submission, and relaying storage and custody requests to the member
-institution that holds a record.
+evidence submission, and relaying key-release requests to the member institution
+that holds a record's key.
 
 Order of effects, as CometBFT's ``consensus/state.go`` does it: every input is
 written to the WAL before the core handles it; every vote or proposal this node
@@ -660,10 +660,8 @@ class ConsensusDriver:
                     self.spawn(self._sync(peer_id))
             elif isinstance(msg, wire.BlockRequest):
                 await self._serve_block(peer_id, msg)
-            elif isinstance(msg, (wire.BlockResponse, wire.ChunkResponse, wire.KeyResponse)):
+            elif isinstance(msg, (wire.BlockResponse, wire.KeyResponse)):
                 self._answer(msg)
-            elif isinstance(msg, wire.ChunkRequest):
-                await self._serve_chunk(peer_id, msg)
             elif isinstance(msg, wire.KeyRequest):
                 await self._serve_key(peer_id, msg)
         except MedLedgerError as exc:
@@ -853,7 +851,7 @@ class ConsensusDriver:
             resp = wire.BlockResponse(height=req.height, block=None, commit=None)
         await self.peers.send(peer_id, wire.pack(resp))
 
-    # ---- request / response (block sync, remote chunks and keys) ------------------------------
+    # ---- request / response (block sync and remote key releases) ------------------------------
 
     async def _request(self, peer_id: str, msg: Any, timeout: float = SYNC_TIMEOUT_S) -> Any:
         if self.peers is None:
@@ -880,24 +878,6 @@ class ConsensusDriver:
 
     def next_request_id(self) -> int:
         return next(self._req_ids)
-
-    async def fetch_chunk(self, peer_id: str, cid: str) -> bytes:
-        resp = await self._request(
-            peer_id, wire.ChunkRequest(request_id=self.next_request_id(), cid=cid)
-        )
-        if resp.error:
-            raise Unavailable(f"peer could not serve the chunk ({resp.error})", code=resp.error)
-        data: bytes = resp.data
-        return data
-
-    async def _serve_chunk(self, peer_id: str, req: wire.ChunkRequest) -> None:
-        assert self.peers is not None
-        try:
-            data = await asyncio.to_thread(self.node.chunks.get, req.cid)
-            resp = wire.ChunkResponse(request_id=req.request_id, data=data, error="")
-        except MedLedgerError as exc:
-            resp = wire.ChunkResponse(request_id=req.request_id, data=b"", error=exc.code)
-        await self.peers.send(peer_id, wire.pack(resp))
 
     async def fetch_key(
         self, peer_id: str, record_id: str, access_tx: bytes, requester_pk: bytes, min_height: int

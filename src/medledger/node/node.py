@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +53,10 @@ from medledger.node.config import NodeConfig, load_config
 from medledger.node.driver import ConsensusDriver
 from medledger.node.mempool import Mempool
 from medledger.node.metrics import NodeMetrics
+from medledger.node.storage_ops import StorageOps
 from medledger.node.wire import Block
 from medledger.p2p.peers import PeerAddress, PeerManager
-from medledger.storage.chunkstore import LocalChunkStore
 from medledger.storage.manifest import decode_manifest
-from medledger.storage.service import StorageService
 
 log = get_logger("medledger.node")
 
@@ -106,9 +105,7 @@ class Node:
         data.mkdir(parents=True, exist_ok=True)
         self.store = LedgerStore(data / "ledger.sqlite")
         self.reader = LedgerStore(data / "ledger.sqlite")
-        self.chunks = LocalChunkStore(data / "chunks")
         self.custodian = LocalCustodian(data / "custody", self.node_key)
-        self.storage = StorageService(self.chunks)
         self.metrics = NodeMetrics()
         self.state: dict[bytes, bytes] = {}
         self.app = Application(self.genesis, self.state.get)
@@ -128,6 +125,7 @@ class Node:
         self.on_fatal: Callable[[], None] | None = None
         self._block_cache: dict[int, StoredBlock] = {}
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
+        self.storage = StorageOps(self)
 
     # ---- start-up and recovery -------------------------------------------------------
 
@@ -247,7 +245,7 @@ class Node:
                 if not f.done():
                     f.set_exception(Unavailable("node is shutting down", code="NODE_STOPPING"))
         self._verify_pool.shutdown(wait=False, cancel_futures=True)
-        self.storage.close()
+        await self.storage.close()
         self.store.close()
         self.reader.close()
 
@@ -333,20 +331,17 @@ class Node:
         return stx
 
     def _admission_checks(self, stx: SignedTx) -> None:
-        """Node-local checks that need this node's disk (not part of consensus)."""
+        """Node-local checks that need this node's storage (not part of consensus): a
+        record is registered only for content whose manifest and key this node holds
+        and whose layout matches the transaction."""
         if stx.tx.kind != REGISTER_RECORD:
             return
         try:
             body = decode(stx.tx.body, RegisterRecordBody)
+            manifest = decode_manifest(self.storage.backend.get(body.content_hash))
         except MedLedgerError:
-            return  # check_tx reports the malformed body
-        try:
-            present = self.chunks.has(body.content_hash)
-        except MedLedgerError:
-            return
-        if not present:
             raise InvalidTransaction(
-                "the record's content is not stored on this node; upload it first",
+                "the record's content is not stored through this node; upload it first",
                 code="CONTENT_NOT_STORED",
             )
         if not self.custodian.has(stx.tx.sender, body.content_hash):
@@ -354,16 +349,24 @@ class Node:
                 "no data key was deposited for this content; deposit it first",
                 code="KEY_NOT_DEPOSITED",
             )
-        try:
-            manifest = decode_manifest(self.chunks.get(body.content_hash))
-        except MedLedgerError:
+        if (
+            manifest.size != body.size
+            or len(manifest.chunks) != body.chunk_count
+            or manifest.shard_root != body.shard_root
+            or (manifest.k, manifest.m) != (body.k, body.m)
+            or manifest.placement != body.placement
+            or body.custodian != self.config.name
+        ):
             raise InvalidTransaction(
-                "the content hash does not name a stored manifest", code="CONTENT_NOT_STORED"
+                "size, chunks, layout or custodian differ from the stored manifest",
+                code="CONTENT_MISMATCH",
             )
-        if manifest.size != body.size or len(manifest.chunks) != body.chunk_count:
-            raise InvalidTransaction(
-                "size or chunk count differ from the stored manifest", code="CONTENT_MISMATCH"
-            )
+
+    def records(self) -> list[RecordMeta]:
+        """Every record's committed entry, by record ID (a full scan)."""
+        prefix = b"v1/rec/"
+        found = sorted((k, v) for k, v in self.state.items() if k.startswith(prefix))
+        return [decode(v, RecordMeta) for _, v in found]
 
     async def wait_for(self, tx_hash: bytes, timeout: float) -> Receipt:
         result = (await self.wait_many([tx_hash], timeout))[0]
@@ -556,6 +559,7 @@ class Node:
                     if not f.done():
                         f.set_result(receipt)
         self.metrics.height.set(height)
+        self.storage.on_block(height, header.hash())
         self.metrics.txs_committed.inc(len(block.txs))
         self.metrics.block_txs.observe(len(block.txs))
         self.metrics.block_seconds.observe(time.perf_counter() - started)
@@ -598,32 +602,18 @@ class Node:
         meta = self.check_gate(record_id, access_tx, requester_pk)
         return self.custodian.release(meta.creator, meta.content_hash, PublicKey(requester_pk))
 
-    def holder_peer(self, meta: RecordMeta) -> str | None:
-        """The member node holding a record's content and key (the node named in its
-        ``storage`` location, where it was uploaded), if it is not this one."""
-        holder = meta.storage.removeprefix("local:") if meta.storage.startswith("local:") else ""
-        holder = holder or meta.institution
-        if self.driver is None or holder == self.config.name:
+    def custodian_peer(self, meta: RecordMeta) -> str | None:
+        """The member node holding a record's key (where it was uploaded), if not this one."""
+        if self.driver is None or meta.custodian == self.config.name:
             return None
-        return self.driver.peer_for_institution(holder)
-
-    def remote_chunks(self, meta: RecordMeta) -> Callable[[str], Awaitable[bytes]] | None:
-        peer = self.holder_peer(meta)
-        driver = self.driver
-        if peer is None or driver is None:
-            return None
-
-        async def fetch(cid: str) -> bytes:
-            return await driver.fetch_chunk(peer, cid)
-
-        return fetch
+        return self.driver.peer_for_institution(meta.custodian)
 
     async def release_for(self, meta: RecordMeta, access_tx: str, requester: PublicKey) -> bytes:
         """This custodian's key release, or the holding member's (which checks the gate
         itself against its own copy of the ledger)."""
         if self.custodian.has(meta.creator, meta.content_hash):
             return self.custodian.release(meta.creator, meta.content_hash, requester)
-        peer = self.holder_peer(meta)
+        peer = self.custodian_peer(meta)
         if peer is None or self.driver is None:
             raise NotFound("no key is held for this record", code="KEY_NOT_FOUND")
         receipt = self.receipt(bytes.fromhex(access_tx))

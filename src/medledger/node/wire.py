@@ -20,8 +20,7 @@ TXS = 3
 STATUS = 4
 BLOCK_REQUEST = 5
 BLOCK_RESPONSE = 6
-CHUNK_REQUEST = 7
-CHUNK_RESPONSE = 8
+# 7 and 8 were chunk requests: shards now move over the storage services' HTTP API
 KEY_REQUEST = 9
 KEY_RESPONSE = 10
 
@@ -68,17 +67,6 @@ class BlockResponse(Record, frozen=True):
     commit: Commit | None
 
 
-class ChunkRequest(Record, frozen=True):
-    request_id: int
-    cid: str
-
-
-class ChunkResponse(Record, frozen=True):
-    request_id: int
-    data: bytes
-    error: str  # "" or an error code
-
-
 class KeyRequest(Record, frozen=True):
     request_id: int
     record_id: str
@@ -101,8 +89,6 @@ _TYPES: dict[int, type[Any]] = {
     STATUS: StatusMsg,
     BLOCK_REQUEST: BlockRequest,
     BLOCK_RESPONSE: BlockResponse,
-    CHUNK_REQUEST: ChunkRequest,
-    CHUNK_RESPONSE: ChunkResponse,
     KEY_REQUEST: KeyRequest,
     KEY_RESPONSE: KeyResponse,
 }

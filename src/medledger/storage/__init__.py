@@ -1,11 +1,8 @@
-"""Off-chain content: encrypted, content-addressed chunks and manifests.
+"""Off-chain content: encrypted chunks, erasure-coded into shards across institutions.
 
-``ChunkStore`` is the interface later backends (erasure-coded shards across
-institutions, S3) implement; ``LocalChunkStore`` keeps chunks in the node's data
-directory.
+``erasure`` codes stripes of encrypted chunks into k data + m parity shards;
+``manifest`` describes a stored record; ``backend`` keeps an institution's shards
+(a local directory, or S3 in ``s3backend``); ``shards`` is an institution's shard
+service; ``coordinator`` spreads an upload over the services and reads it back;
+``audit`` derives the storage challenges from a block hash.
 """
-
-from medledger.storage.chunkstore import ChunkStore, LocalChunkStore
-from medledger.storage.manifest import ChunkRef, Manifest
-
-__all__ = ["ChunkRef", "ChunkStore", "LocalChunkStore", "Manifest"]

@@ -12,7 +12,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from medledger.crypto.aead import decrypt_chunk, encrypt_chunk
 from medledger.crypto.cid import cid_for
 from medledger.errors import IntegrityError
-from medledger.storage.manifest import CIPHER, MANIFEST_VERSION, ChunkRef, Manifest
+from medledger.storage.manifest import (
+    CIPHER,
+    MANIFEST_VERSION,
+    ChunkRef,
+    ContentManifest,
+    Manifest,
+)
 
 
 def encrypt_stream(
@@ -46,8 +52,8 @@ def encrypt_stream(
             yield pending.popleft().result()
 
 
-def build_manifest(size: int, chunk_size: int, refs: list[ChunkRef]) -> Manifest:
-    m = Manifest(
+def build_content_manifest(size: int, chunk_size: int, refs: list[ChunkRef]) -> ContentManifest:
+    m = ContentManifest(
         version=MANIFEST_VERSION, cipher=CIPHER, chunk_size=chunk_size, size=size, chunks=refs
     )
     m.validate()
@@ -57,7 +63,7 @@ def build_manifest(size: int, chunk_size: int, refs: list[ChunkRef]) -> Manifest
 class ChunkDecryptor:
     """Verify and decrypt the chunks of one manifest, in order."""
 
-    def __init__(self, manifest: Manifest, key: bytes) -> None:
+    def __init__(self, manifest: Manifest | ContentManifest, key: bytes) -> None:
         self.manifest = manifest
         self._aead = AESGCM(key)
         self._next = 0

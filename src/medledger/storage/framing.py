@@ -1,9 +1,10 @@
 """Framing for streamed uploads and downloads (sans-I/O).
 
 A stream is a sequence of frames ``kind (1 byte) || length (4 bytes, big endian)
-|| payload``. Kinds: ``C`` an encrypted chunk, ``M`` the manifest (last frame of
-an upload, first frame of a download), ``E`` an error (JSON ``{code, message}``)
-that ends a download.
+|| payload``. Kinds: ``C`` an encrypted chunk or shard, ``M`` a manifest (last
+frame of an upload, first frame of a download), ``E`` an error (JSON ``{code,
+message}``) that ends a download, ``X`` a shard a column stream cannot serve
+(JSON ``{stripe, code}``; the stream goes on).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from medledger.errors import InvalidInput
 CHUNK = b"C"
 MANIFEST = b"M"
 ERROR = b"E"
-_KINDS = frozenset({CHUNK, MANIFEST, ERROR})
+MISSING = b"X"
+_KINDS = frozenset({CHUNK, MANIFEST, ERROR, MISSING})
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _HDR = struct.Struct(">cI")
 
 
@@ -28,13 +31,15 @@ def frame_header(kind: bytes, length: int) -> bytes:
 
 
 class FrameParser:
-    """Feed bytes, get complete frames. ``max_payload`` bounds memory.
+    """Feed bytes, get complete frames. ``max_payload`` bounds memory (manifest
+    frames may be up to ``MAX_MANIFEST_BYTES``).
 
     Large payloads are assembled in a preallocated buffer (one copy per byte).
     """
 
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
+        self._limits = {MANIFEST: max(max_payload, MAX_MANIFEST_BYTES)}
         self._head = bytearray()
         self._kind = b""
         self._body: bytearray | None = None
@@ -58,7 +63,7 @@ class FrameParser:
                 self._head.clear()
                 if kind not in _KINDS:
                     raise InvalidInput("unknown frame kind in stream", code="BAD_FRAME")
-                if length > self.max_payload:
+                if length > self._limits.get(kind, self.max_payload):
                     raise InvalidInput("frame exceeds the size limit", code="FRAME_TOO_LARGE")
                 self._kind = kind
                 self._body = bytearray(length)

@@ -1,4 +1,10 @@
-"""Chunk stores: where encrypted, content-addressed chunks live."""
+"""Shard backends: where an institution's encrypted, content-addressed shards live.
+
+A shard is a data shard (an encrypted chunk), a parity shard, or a manifest;
+each is stored under its CID and verified against it on every read. Backends:
+``LocalShardBackend`` (a directory, the default) and ``S3ShardBackend``
+(``storage.s3backend``, any S3-compatible store).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,18 @@ from medledger.errors import IntegrityError, InvalidInput, NotFound
 from medledger.fsutil import atomic_write, fsync_path
 
 
-class ChunkStore(Protocol):
-    """Interface for chunk (and later shard) backends."""
+class ShardBackend(Protocol):
+    """What the storage service needs of a backend. Implementations are thread-safe:
+    the service calls them from a small thread pool.
+
+    Errors: ``NotFound`` with code ``SHARD_NOT_FOUND``; ``IntegrityError`` with
+    ``SHARD_CORRUPT`` (stored bytes fail their CID) or ``CID_MISMATCH`` (``put``);
+    ``Unavailable`` with ``BACKEND_UNAVAILABLE`` when the store cannot be reached.
+    """
 
     def put(self, cid: str, data: bytes) -> bool:
-        """Store ``data`` under ``cid`` (verified); return False if already present."""
+        """Store ``data`` under ``cid`` (verified); return False if already present.
+        A stored copy that fails its hash is replaced (repaired), also returning False."""
         ...
 
     def get(self, cid: str) -> bytes:
@@ -31,15 +44,25 @@ class ChunkStore(Protocol):
         """Store ``data`` under its own CID; return ``(cid, newly_written)``."""
         ...
 
-    def delete(self, cid: str) -> None: ...
+    def delete(self, cid: str) -> None:
+        """Remove ``cid``; no error if absent."""
+        ...
 
     def sync(self, cids: list[str]) -> None:
-        """Make the named chunks durable."""
+        """Make the named shards durable (a no-op where a write is durable on return)."""
+        ...
+
+    def usage(self) -> tuple[int, int]:
+        """``(objects, bytes)`` stored."""
+        ...
+
+    def describe(self) -> str:
+        """Where the shards live, for status output (no secrets)."""
         ...
 
 
-class LocalChunkStore:
-    """Chunks as files under ``root/<last two chars of cid>/<cid>``."""
+class LocalShardBackend:
+    """Shards as files under ``root/<last two chars of cid>/<cid>``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -47,7 +70,7 @@ class LocalChunkStore:
 
     def _path(self, cid: str) -> Path:
         if not is_cid(cid):
-            raise InvalidInput("not a chunk identifier", code="BAD_CID")
+            raise InvalidInput("not a shard identifier", code="BAD_CID")
         return self.root / cid[-2:] / cid
 
     def has(self, cid: str) -> bool:
@@ -55,7 +78,7 @@ class LocalChunkStore:
 
     def put(self, cid: str, data: bytes) -> bool:
         if cid_for(data) != cid:
-            raise IntegrityError("chunk does not match its identifier", code="CID_MISMATCH")
+            raise IntegrityError("shard does not match its identifier", code="CID_MISMATCH")
         return self._write(cid, data)
 
     def add(self, data: bytes) -> tuple[str, bool]:
@@ -64,9 +87,9 @@ class LocalChunkStore:
         return cid, self._write(cid, data)
 
     def _write(self, cid: str, data: bytes) -> bool:
-        """Write a verified chunk. Returns False when a good copy was already stored;
+        """Write a verified shard. Returns False when a good copy was already stored;
         a stored copy that fails its hash is replaced (repaired), also returning False
-        so that a failed upload never deletes a chunk an earlier record uses."""
+        so that a failed upload never deletes a shard an earlier record uses."""
         path = self._path(cid)
         if path.exists():
             try:
@@ -85,9 +108,9 @@ class LocalChunkStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise NotFound("chunk is not stored on this node", code="CHUNK_NOT_FOUND")
+            raise NotFound("shard is not stored here", code="SHARD_NOT_FOUND")
         if cid_for(data) != cid:
-            raise IntegrityError("stored chunk is corrupt (hash mismatch)", code="CHUNK_CORRUPT")
+            raise IntegrityError("stored shard is corrupt (hash mismatch)", code="SHARD_CORRUPT")
         return data
 
     def delete(self, cid: str) -> None:
@@ -97,8 +120,8 @@ class LocalChunkStore:
             pass
 
     def sync(self, cids: list[str]) -> None:
-        """Make the named chunks durable: one ``syncfs`` of the store's file system on
-        Linux (far cheaper than an fsync per chunk file and per directory), else fsync
+        """Make the named shards durable: one ``syncfs`` of the store's file system on
+        Linux (far cheaper than an fsync per file and per directory), else fsync
         of every file and directory."""
         if not cids:
             return
@@ -111,6 +134,23 @@ class LocalChunkStore:
             dirs.add(path.parent)
         for d in dirs:
             fsync_path(d)
+
+    def usage(self) -> tuple[int, int]:
+        objects = total = 0
+        for sub in self.root.iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                try:
+                    total += f.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if not f.name.startswith("."):
+                    objects += 1
+        return objects, total
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

@@ -1,0 +1,142 @@
+"""Storage rules on the ledger: record layouts, audit alerts and repairs (pure).
+
+The chain cannot see shards; it records where they are meant to be (each
+column's institution), what they must hash to (the shard Merkle root), and
+what audits found and repairs did, so the regulator and every member see the
+same storage history.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from medledger.app.model import (
+    ALERT_REASONS,
+    STORAGE_SUBJECT,
+    Identity,
+    Institution,
+    RecordMeta,
+    RegisterRecordBody,
+    Role,
+    StorageAlertBody,
+    StorageRepairBody,
+    is_record_id,
+    k_institution,
+    k_record,
+)
+from medledger.app.state import StateView
+from medledger.errors import MedLedgerError
+from medledger.ledger.block import Event
+from medledger.storage.erasure import MAX_K, MAX_M
+
+MAX_ALERT_STRIPES = 256
+
+
+class StorageRuleError(MedLedgerError):
+    default_code = "STORAGE_TX_INVALID"
+
+
+def _member(view: StateView, name: str) -> bool:
+    return view.get(k_institution(name), Institution) is not None
+
+
+def check_layout(view: StateView, body: RegisterRecordBody) -> None:
+    """A new record's erasure layout: parameters in range, k+m distinct member
+    institutions, a 32-byte shard root, and a member custodian."""
+    if not 1 <= body.k <= MAX_K or not 0 <= body.m <= MAX_M:
+        raise StorageRuleError(
+            f"erasure parameters must be 1 <= k <= {MAX_K}, 0 <= m <= {MAX_M}",
+            code="BAD_ERASURE_PARAMS",
+        )
+    if len(body.placement) != body.k + body.m or len(set(body.placement)) != len(body.placement):
+        raise StorageRuleError(
+            "placement must name k+m distinct institutions", code="BAD_PLACEMENT"
+        )
+    for name in body.placement:
+        if not _member(view, name):
+            raise StorageRuleError(
+                f"placement names unknown institution {name!r}", code="BAD_PLACEMENT"
+            )
+    if not _member(view, body.custodian):
+        raise StorageRuleError("custodian is not a member institution", code="BAD_PLACEMENT")
+    if len(body.shard_root) != 32:
+        raise StorageRuleError("shard root must be 32 bytes", code="TX_MALFORMED")
+
+
+def _node_record(view: StateView, sender: Identity, record_id: str, column: int) -> RecordMeta:
+    if sender.role != Role.NODE:
+        raise StorageRuleError("only member nodes report storage audits", code="NOT_AUTHORIZED")
+    if not is_record_id(record_id):
+        raise StorageRuleError("not a record ID", code="BAD_RECORD_ID")
+    meta = view.get(k_record(record_id), RecordMeta)
+    if meta is None:
+        raise StorageRuleError("record not found", code="RECORD_NOT_FOUND")
+    if not 0 <= column < meta.k + meta.m:
+        raise StorageRuleError("no such shard column", code="BAD_COLUMN")
+    return meta
+
+
+def alert(view: StateView, sender: Identity, body: StorageAlertBody) -> list[Event]:
+    """An audit failure: an event under the storage subject (the regulator's view)."""
+    meta = _node_record(view, sender, body.record_id, body.column)
+    if body.reason not in ALERT_REASONS:
+        raise StorageRuleError(f"unknown alert reason {body.reason!r}", code="TX_MALFORMED")
+    if body.institution != meta.placement[body.column]:
+        raise StorageRuleError("the column is not held by that institution", code="STALE_PLACEMENT")
+    if len(body.stripes) > MAX_ALERT_STRIPES or body.stripes != sorted(set(body.stripes)):
+        raise StorageRuleError("alert stripes must be sorted and unique", code="TX_MALFORMED")
+    if any(not 0 <= s < meta.stripes for s in body.stripes):
+        raise StorageRuleError("alert names a stripe the record lacks", code="TX_MALFORMED")
+    detail = (
+        f"institution={body.institution} column={body.column} reason={body.reason} "
+        f"stripes={','.join(map(str, body.stripes))} seed_height={body.seed_height}"
+    )
+    return [
+        Event(
+            action="storage.alert",
+            actor=sender.id,
+            subject=STORAGE_SUBJECT,
+            record_id=meta.record_id,
+            outcome="failed",
+            detail=detail,
+        )
+    ]
+
+
+def repair(view: StateView, sender: Identity, body: StorageRepairBody) -> list[Event]:
+    """A repair: the column now lives at ``to_institution`` (the same one for an
+    in-place repair of damaged shards)."""
+    meta = _node_record(view, sender, body.record_id, body.column)
+    if not 0 <= body.shards <= meta.stripes:
+        raise StorageRuleError("repair shard count out of range", code="TX_MALFORMED")
+    if body.from_institution != meta.placement[body.column]:
+        raise StorageRuleError("the column is not held by that institution", code="STALE_PLACEMENT")
+    if body.to_institution != body.from_institution:
+        if not _member(view, body.to_institution):
+            raise StorageRuleError(
+                "repair target is not a member institution", code="BAD_PLACEMENT"
+            )
+        if body.to_institution in meta.placement:
+            raise StorageRuleError(
+                "repair target already holds a column of this record", code="BAD_PLACEMENT"
+            )
+        placement = list(meta.placement)
+        placement[body.column] = body.to_institution
+        view.put(k_record(meta.record_id), _with_placement(meta, placement))
+    return [
+        Event(
+            action="storage.repair",
+            actor=sender.id,
+            subject=STORAGE_SUBJECT,
+            record_id=meta.record_id,
+            outcome="ok",
+            detail=(
+                f"column={body.column} from={body.from_institution} "
+                f"to={body.to_institution} shards={body.shards}"
+            ),
+        )
+    ]
+
+
+def _with_placement(meta: RecordMeta, placement: list[str]) -> RecordMeta:
+    return msgspec.structs.replace(meta, placement=placement)
