@@ -115,6 +115,12 @@ def add_storage_routes(
         bad = await service.check(_cid(cid), column)
         return {"bad": [{"stripe": b.stripe, "code": b.code} for b in bad]}
 
+    @app.get("/storage/v1/ping")
+    async def shard_ping(request: Request) -> dict[str, Any]:
+        await peer_node(request)
+        await service.ping()
+        return {"institution": service.name}
+
     @app.get("/storage/v1/status")
     async def shard_status(request: Request) -> dict[str, Any]:
         await peer_node(request)

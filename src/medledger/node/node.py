@@ -559,7 +559,10 @@ class Node:
                     if not f.done():
                         f.set_result(receipt)
         self.metrics.height.set(height)
-        self.storage.on_block(height, header.hash())
+        try:
+            self.storage.on_block(height, header.hash(), header.time_ms)
+        except Exception:  # storage duties must never fail a durable commit
+            log.exception("storage.on_block_failed", height=height)
         self.metrics.txs_committed.inc(len(block.txs))
         self.metrics.block_txs.observe(len(block.txs))
         self.metrics.block_seconds.observe(time.perf_counter() - started)

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = get_logger("medledger.storage")
 
 STATUS_TIMEOUT = 2.0
+RECENT_BLOCK_MS = 60_000
 REPAIR_CONCURRENCY = 2
 
 
@@ -138,9 +139,18 @@ class StorageOps:
             return {"institution": ep.name, "healthy": False, "error": code}
 
     async def reachable(self) -> list[str]:
+        """Members whose shard service answers a ping (and reaches its backend) now."""
         eps = self.endpoints()
-        docs = await asyncio.gather(*(self._probe(ep) for ep in eps.values()))
-        return [name for name, d in zip(eps, docs, strict=True) if d["healthy"]]
+
+        async def ping(ep: ShardEndpoint) -> bool:
+            try:
+                await asyncio.wait_for(ep.ping(), STATUS_TIMEOUT)
+                return True
+            except (MedLedgerError, TimeoutError):
+                return False
+
+        ok = await asyncio.gather(*(ping(ep) for ep in eps.values()))
+        return [name for name, good in zip(eps, ok, strict=True) if good]
 
     # ---- upload and read -----------------------------------------------------------------
 
@@ -220,10 +230,15 @@ class StorageOps:
         recs = [StoredRecord(r.record_id, r.chunk_count, r.k, r.m) for r in self.stored_records()]
         return seed, challenges(seed, recs, count)
 
-    def on_block(self, height: int, block_hash: bytes) -> None:
-        """Start this epoch's audit if the block names this node as its auditor."""
+    def on_block(self, height: int, block_hash: bytes, block_time_ms: int) -> None:
+        """Start this epoch's audit if the block names this node as its auditor (and
+        is recent: a node catching up does not audit the past)."""
+        from medledger.node.node import now_ms
+
         params = self.node.params
         if not self.node.config.storage_audits or not epoch_due(height, params.storage_audit_epoch):
+            return
+        if now_ms() - block_time_ms > RECENT_BLOCK_MS:
             return
         members = sorted(v.name for v in self.node.validators)
         if not members or auditor_for(block_hash, members) != self.name:

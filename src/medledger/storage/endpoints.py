@@ -43,6 +43,8 @@ class ShardEndpoint(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
+    async def ping(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -75,6 +77,9 @@ class LocalEndpoint:
 
     async def status(self) -> dict[str, Any]:
         return await self.service.status()
+
+    async def ping(self) -> None:
+        await self.service.ping()
 
     async def close(self) -> None:
         return None
@@ -193,6 +198,9 @@ class RemoteEndpoint:
 
     async def status(self) -> dict[str, Any]:
         return dict((await self._get(f"{PREFIX}/status")).json())
+
+    async def ping(self) -> None:
+        await self._get(f"{PREFIX}/ping")
 
 
 def proof_json(p: ShardProof) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from medledger.storage.backend import ShardBackend
 from medledger.storage.manifest import Manifest, decode_manifest
 
 WINDOW = 8  # shards in flight per stream
+_PING_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"  # CID of b""
 Item = tuple[bytes, bytes]  # (frame kind, payload)
 
 log = get_logger("medledger.storage")
@@ -203,6 +204,10 @@ class ShardService:
             async for item in self.column(manifest, column)
             if item.data is None
         ]
+
+    async def ping(self) -> None:
+        """A cheap round trip to the backend (a stat, or an S3 HEAD); raises if it fails."""
+        await self._run(self.backend.has, _PING_CID)
 
     async def status(self) -> dict[str, Any]:
         objects, used = await self._run(self.backend.usage)

@@ -1,0 +1,533 @@
+"""Storage benchmark: erasure-coded record put/get through a local consortium of real
+node processes, against a plain durable copy and a raw SeaweedFS S3 server, in one run.
+
+1. A 4-institution consortium (k=2, m=2): put and get of a ``--mb`` MB imaging study
+   (put: encryption, erasure coding, spreading, fsync, key deposit, committed
+   registration; get: committed access event, key release, stream, verify, decrypt,
+   fsynced write), ``--rounds`` times (a new record each round); the storage
+   overhead factor; reads with 1 and 2 storage services "down" (their shard
+   directories moved away, so stripes are decoded from parity) and with the node
+   of a data column killed (SIGKILL; consensus goes on with 3 of 4).
+2. A 6-institution consortium (k=4, m=2) with a smaller file: overhead and put/get.
+3. Peers on the same bytes: a durable copy (read, write, fsync) and a put/get
+   through a real SeaweedFS S3 gateway (``bench/peers.py``).
+
+Run from the repository root:
+``.venv/bin/python bench/storage.py [--mb 500] [--rounds 2] [--json-out FILE]``.
+Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from peers import SeaweedS3, plain_copy, seaweed_put_get, start_seaweed  # bench/, on sys.path
+
+from medledger.client import Client, PutResult
+from medledger.crypto.keys import PrivateKey, load_key_file
+from medledger.storage.erasure import default_params
+from medledger.study import STUDY_RECORD_TYPE
+
+MIB = 1 << 20
+PURPOSE = "treatment"
+READY_TIMEOUT_S = 60.0
+LOG_TAIL_LINES = 30
+
+
+def cli(*args: str) -> str:
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "medledger", *args], check=True, capture_output=True, text=True
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(
+            f"medledger {' '.join(args)} failed ({exc.returncode}): {exc.stderr.strip()}"
+        ) from None
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 * MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_file(path: Path, mb: int) -> str:
+    with open(path, "wb") as fh:
+        for _ in range(mb):
+            fh.write(os.urandom(MIB))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return sha256_file(path)
+
+
+def verify(out: Path, digest: str, what: str) -> None:
+    """The read-back copy must equal the input (outside the timed part); then drop it."""
+    got = sha256_file(out)
+    out.unlink()
+    if got != digest:
+        raise SystemExit(f"{what}: output differs from the input (sha256 {got} != {digest})")
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {"best_s": min(values), "median_s": statistics.median(values), "all_s": values}
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for base, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(base, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+# ---- a local consortium -----------------------------------------------------------------
+
+
+class Consortium:
+    """``medledger init`` + ``up`` on entry (waits until every node sees all peers),
+    ``medledger down`` on exit; on an exception, the tail of every node's log."""
+
+    def __init__(self, root: Path, institutions: int) -> None:
+        self.root = root
+        self.n = institutions
+        self.institutions: list[dict[str, Any]] = []
+        self._initialised = False
+
+    def __enter__(self) -> Consortium:
+        say(f"starting {self.n}-institution consortium in {self.root} ...")
+        doc = json.loads(
+            cli("init", "--dir", str(self.root), "--institutions", str(self.n), "--json")
+        )
+        self.institutions = doc["institutions"]
+        self._initialised = True
+        try:
+            self.up()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._initialised:
+            return
+        self._initialised = False
+        if exc is not None and not isinstance(exc, KeyboardInterrupt):
+            # the work dir is removed at the end: keep the (small) node logs for a post-mortem
+            keep = Path(tempfile.mkdtemp(prefix=f"medledger-storage-logs-{self.root.name}-"))
+            for inst in self.institutions:
+                log = self.root / inst["name"] / "node.log"
+                say(f"---- tail of {log} ----\n{tail(log)}")
+                if log.exists():
+                    shutil.copy(log, keep / f"{inst['name']}.log")
+            say(f"node logs kept in {keep}")
+        say(f"stopping {self.n}-institution consortium ...")
+        try:
+            cli("down", "--dir", str(self.root), "--json")
+        except RuntimeError as err:
+            say(f"warning: {err}")
+
+    def up(self) -> None:
+        t = time.perf_counter()
+        cli("up", "--dir", str(self.root), "--json")
+        self.wait_ready()
+        say(f"  {self.n} nodes up and connected in {time.perf_counter() - t:.1f}s")
+
+    def wait_ready(self) -> None:
+        """Every node answers and is connected to all the others."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting: list[str] = []
+        while time.monotonic() < deadline:
+            waiting = []
+            for inst in self.institutions:
+                try:
+                    st = httpx.get(inst["api"] + "/api/v1/status", timeout=2.0).json()
+                    if len(st.get("peers", [])) < self.n - 1:
+                        waiting.append(f"{inst['name']} ({len(st.get('peers', []))} peers)")
+                except (httpx.HTTPError, ValueError):
+                    waiting.append(f"{inst['name']} (no answer)")
+            if not waiting:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"consortium not ready after {READY_TIMEOUT_S:.0f}s: {waiting}")
+
+    def api(self, name: str) -> str:
+        return next(str(i["api"]) for i in self.institutions if i["name"] == name)
+
+    def admin(self, name: str = "hospital-a") -> PrivateKey:
+        return load_key_file(self.root / name / "admin.key")
+
+    def pid(self, name: str) -> int:
+        return int((self.root / name / "node.pid").read_text().strip())
+
+    def shard_bytes(self) -> int:
+        return sum(dir_bytes(self.root / i["name"] / "shards") for i in self.institutions)
+
+    def enroll(self, name: str = "hospital-a") -> tuple[PrivateKey, PrivateKey]:
+        """A clinician and a patient, enrolled by ``name``'s admin."""
+        clinician, patient = PrivateKey.generate(), PrivateKey.generate()
+        with Client(self.api(name), self.admin(name)) as a:
+            a.enroll(clinician.id, "clinician")
+            a.enroll(patient.id, "patient")
+        return clinician, patient
+
+
+@contextmanager
+def shards_away(root: Path, names: list[str]) -> Iterator[None]:
+    """Simulate lost storage services: each named institution's shard directory is
+    moved aside and replaced by an empty one; restored afterwards."""
+    moved: list[str] = []
+    try:
+        for name in names:
+            home = root / name
+            (home / "shards").rename(home / "shards.away")
+            moved.append(name)
+            (home / "shards").mkdir()
+        yield
+    finally:
+        for name in moved:
+            home = root / name
+            shutil.rmtree(home / "shards", ignore_errors=True)
+            (home / "shards.away").rename(home / "shards")
+
+
+def timed_put(c: Client, src: Path, patient: str) -> tuple[float, PutResult]:
+    t = time.perf_counter()
+    res = c.put_record(src, patient=patient, record_type=STUDY_RECORD_TYPE)
+    return time.perf_counter() - t, res
+
+
+def timed_get(c: Client, record_id: str, out: Path) -> float:
+    t = time.perf_counter()
+    c.get_record(record_id, out, purpose=PURPOSE)
+    return time.perf_counter() - t
+
+
+def put_get_rounds(
+    cons: Consortium,
+    c: Client,
+    src: Path,
+    digest: str,
+    patient: str,
+    rounds: int,
+    work: Path,
+    label: str,
+) -> tuple[dict[str, Any], PutResult]:
+    put_s: list[float] = []
+    get_s: list[float] = []
+    disk: list[int] = []
+    res: PutResult | None = None
+    for i in range(rounds):
+        before = cons.shard_bytes()
+        say(f"  [{label}] round {i + 1}/{rounds}: record put ...")
+        dt, res = timed_put(c, src, patient)
+        put_s.append(dt)
+        disk.append(cons.shard_bytes() - before)
+        say(f"    put {dt:.2f}s (k={res.k} m={res.m} placement={res.placement}); record get ...")
+        out = work / "got.bin"
+        dt = timed_get(c, res.record_id, out)
+        get_s.append(dt)
+        say(f"    get {dt:.2f}s; verifying ...")
+        verify(out, digest, f"{label} get round {i + 1}")
+    assert res is not None
+    size = res.size
+    return {
+        "bytes": size,
+        "k": res.k,
+        "m": res.m,
+        "placement": res.placement,
+        "chunk_count": res.chunk_count,
+        "stored_bytes": res.stored_bytes,
+        "overhead": res.stored_bytes / size,
+        "expected_overhead": (res.k + res.m) / res.k,
+        "disk_overhead": statistics.median(disk) / size,
+        "put": summary(put_s),
+        "get": summary(get_s),
+    }, res
+
+
+def get_rounds(
+    c: Client, record_id: str, digest: str, rounds: int, work: Path, label: str
+) -> dict[str, Any]:
+    times: list[float] = []
+    for i in range(rounds):
+        out = work / "got.bin"
+        dt = timed_get(c, record_id, out)
+        times.append(dt)
+        say(f"    [{label}] get {i + 1}/{rounds}: {dt:.2f}s; verifying ...")
+        verify(out, digest, f"{label} get {i + 1}")
+    return summary(times)
+
+
+def wait_dead(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"process {pid} still alive after SIGKILL")
+
+
+# ---- phases -----------------------------------------------------------------------------
+
+
+def bench_peers(src: Path, digest: str, rounds: int, work: Path) -> dict[str, Any]:
+    say("plain durable copy (read + write + fsync) ...")
+    copy_s: list[float] = []
+    for _ in range(rounds):
+        dst = work / "copy.bin"
+        copy_s.append(plain_copy(src, dst))
+        verify(dst, digest, "plain copy")
+    say("starting SeaweedFS ...")
+    s3: SeaweedS3 | None = None
+    put_s: list[float] = []
+    get_s: list[float] = []
+    try:
+        s3 = start_seaweed(work / "seaweed")
+        say(f"  SeaweedFS up in {s3.start_seconds:.1f}s at {s3.endpoint_url}")
+        for i in range(rounds):
+            dst = work / "seaweed.bin"
+            p, g = seaweed_put_get(s3, src, dst)
+            dst.unlink()
+            put_s.append(p)
+            get_s.append(g)
+            say(f"  SeaweedFS round {i + 1}/{rounds}: put {p:.2f}s get {g:.2f}s")
+    finally:
+        if s3 is not None:
+            say("stopping SeaweedFS ...")
+            s3.stop()
+    return {
+        "plain_copy": summary(copy_s),
+        "seaweed_put": summary(put_s),
+        "seaweed_get": summary(get_s),
+    }
+
+
+def bench_four(src: Path, digest: str, rounds: int, work: Path) -> dict[str, Any]:
+    with Consortium(work / "c4", 4) as cons:
+        clinician, patient = cons.enroll()
+        api = cons.api("hospital-a")
+        with Client(api, clinician, timeout=600) as c:
+            main, res = put_get_rounds(cons, c, src, digest, patient.id, rounds, work, "4 inst")
+            out: dict[str, Any] = {"main": main}
+            data_cols = res.placement[: res.k]
+            say(f"  reconstruction, 1 service down ({data_cols[1]}'s shards moved away) ...")
+            with shards_away(cons.root, [data_cols[1]]):
+                out["one_down"] = {
+                    "down": [data_cols[1]],
+                    **get_rounds(c, res.record_id, digest, rounds, work, "1 down"),
+                }
+            down2 = [data_cols[0], data_cols[1]]
+            say(f"  reconstruction, 2 services down ({', '.join(down2)}'s shards moved away) ...")
+            with shards_away(cons.root, down2):
+                out["two_down"] = {
+                    "down": down2,
+                    **get_rounds(c, res.record_id, digest, rounds, work, "2 down"),
+                }
+            victim = next(n for n in res.placement[1:] if n != "hospital-a")
+            pid = cons.pid(victim)
+            say(f"  killing the node of {victim} (pid {pid}, column {res.placement.index(victim)})")
+            os.kill(pid, signal.SIGKILL)
+            wait_dead(pid)
+            out["node_killed"] = {
+                "killed": victim,
+                "column": res.placement.index(victim),
+                **get_rounds(c, res.record_id, digest, rounds, work, "node killed"),
+            }
+            say(f"  restarting {victim} (medledger up) ...")
+            cons.up()
+    return out
+
+
+def bench_six(mb: int, rounds: int, work: Path) -> dict[str, Any]:
+    src = work / "study6.bin"
+    say(f"writing a {mb} MB random file for the 6-institution run ...")
+    digest = make_file(src, mb)
+    try:
+        with Consortium(work / "c6", 6) as cons:
+            clinician, patient = cons.enroll()
+            with Client(cons.api("hospital-a"), clinician, timeout=600) as c:
+                six, _ = put_get_rounds(cons, c, src, digest, patient.id, rounds, work, "6 inst")
+    finally:
+        src.unlink(missing_ok=True)
+    return six
+
+
+# ---- report -----------------------------------------------------------------------------
+
+
+def mbps(size: int, seconds: float) -> float:
+    return size / seconds / 1e6
+
+
+def report(r: dict[str, Any], mb: int, rounds: int) -> list[tuple[str, bool]]:
+    four, six, peers = r["four"], r["six"], r["peers"]
+    main = four["main"]
+    size = main["bytes"]
+    med = "median_s"
+    sw_put, sw_get = peers["seaweed_put"][med], peers["seaweed_get"][med]
+    copy = peers["plain_copy"][med]
+
+    print(f"== storage: {mb} MB imaging study, {rounds} round(s), same bytes for every row")
+    hdr = f"  {'':40s} {'best s':>8s} {'median s':>9s} {'MB/s':>8s} {'vs SeaweedFS':>13s} {'vs copy':>8s}"
+    print(hdr)
+
+    def row(
+        name: str, s: dict[str, Any], nbytes: int, vs_sw: float | None, vs_copy: float | None
+    ) -> None:
+        a = f"{vs_sw:12.2f}x" if vs_sw is not None else f"{'':13s}"
+        b = f"{vs_copy:7.2f}x" if vs_copy is not None else f"{'':8s}"
+        print(f"  {name:40s} {s['best_s']:8.3f} {s[med]:9.3f} {mbps(nbytes, s[med]):8.1f} {a} {b}")
+
+    row("plain durable copy (read+write+fsync)", peers["plain_copy"], size, None, 1.0)
+    row("SeaweedFS S3 put", peers["seaweed_put"], size, 1.0, sw_put / copy)
+    row("SeaweedFS S3 get (+fsync)", peers["seaweed_get"], size, 1.0, sw_get / copy)
+    k4, m4 = main["k"], main["m"]
+    row(
+        f"MedLedger put, 4 inst ({k4}+{m4})",
+        main["put"],
+        size,
+        main["put"][med] / sw_put,
+        main["put"][med] / copy,
+    )
+    row(
+        f"MedLedger get, 4 inst ({k4}+{m4})",
+        main["get"],
+        size,
+        main["get"][med] / sw_get,
+        main["get"][med] / copy,
+    )
+    size6 = six["bytes"]
+    print(f"  -- 6 institutions, {size6 // MIB} MB file (no peers measured at this size)")
+    row(f"MedLedger put, 6 inst ({six['k']}+{six['m']})", six["put"], size6, None, None)
+    row(f"MedLedger get, 6 inst ({six['k']}+{six['m']})", six["get"], size6, None, None)
+
+    print("== reconstruction (4 institutions, same record)")
+    all_get = main["get"][med]
+    print(f"  {'':40s} {'best s':>8s} {'median s':>9s} {'MB/s':>8s} {'vs all-present get':>19s}")
+    for key, name in (
+        ("one_down", "1 service down: " + ", ".join(four["one_down"]["down"])),
+        ("two_down", "2 services down: " + ", ".join(four["two_down"]["down"])),
+        ("node_killed", f"node killed: {four['node_killed']['killed']}"),
+    ):
+        s = four[key]
+        print(
+            f"  {name:40s} {s['best_s']:8.3f} {s[med]:9.3f} {mbps(size, s[med]):8.1f} "
+            f"{s[med] / all_get:18.2f}x"
+        )
+
+    print("== storage overhead (stored bytes / record size)")
+    for label, d in (("4 institutions", main), ("6 institutions", six)):
+        print(
+            f"  {label}: k={d['k']} m={d['m']}  manifest {d['overhead']:.4f}x  "
+            f"on disk {d['disk_overhead']:.4f}x  expected (k+m)/k = {d['expected_overhead']:.4f}x"
+        )
+
+    checks: list[tuple[str, bool]] = []
+    note = "" if mb == 500 else f" [goal is for 500 MB; measured at {mb} MB]"
+    checks.append((f"put < 5 s (median {main['put'][med]:.2f} s){note}", main["put"][med] < 5))
+    checks.append((f"get < 3 s (median {main['get'][med]:.2f} s){note}", main["get"][med] < 3))
+    for label, d, n in (("4", main, 4), ("6", six, 6)):
+        ek, em = default_params(n)
+        ok = abs(d["overhead"] - d["expected_overhead"]) <= 0.02 * d["expected_overhead"] and (
+            d["k"],
+            d["m"],
+        ) == (ek, em)
+        checks.append(
+            (
+                f"overhead at {label} institutions {d['overhead']:.4f}x within 2% of "
+                f"(k+m)/k = {d['expected_overhead']:.2f} (k={d['k']} m={d['m']}, expected "
+                f"{ek}+{em})",
+                ok,
+            )
+        )
+    checks.append(
+        (
+            f"MedLedger get (all shards present, median {all_get:.2f} s) <= raw SeaweedFS get "
+            f"(median {sw_get:.2f} s)",
+            all_get <= sw_get,
+        )
+    )
+    print("== goals")
+    for text, ok in checks:
+        print(f"  {'met    ' if ok else 'NOT met'}  {text}")
+    return checks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mb", type=int, default=500, help="size of the study (MiB)")
+    ap.add_argument("--mb6", type=int, default=64, help="file size for the 6-institution run")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (/tmp)")
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.rounds < 1 or args.mb < 1 or args.mb6 < 1:
+        ap.error("--rounds, --mb and --mb6 must be >= 1")
+    # SIGTERM unwinds like Ctrl-C, so every consortium and server is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="medledger-storage-", dir=args.workdir))
+    began = time.perf_counter()
+    try:
+        src = work / "study.bin"
+        say(f"writing a {args.mb} MB random file in {work} ...")
+        digest = make_file(src, args.mb)
+        results: dict[str, Any] = {"mb": args.mb, "rounds": args.rounds}
+        results["peers"] = bench_peers(src, digest, args.rounds, work)
+        results["four"] = bench_four(src, digest, args.rounds, work)
+        src.unlink()
+        results["six"] = bench_six(args.mb6, args.rounds, work)
+    finally:
+        say(f"removing {work} ...")
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"done in {time.perf_counter() - began:.0f}s")
+    checks = report(results, args.mb, args.rounds)
+    results["goals"] = [{"goal": t, "met": ok} for t, ok in checks]
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
