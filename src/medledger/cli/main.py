@@ -638,7 +638,8 @@ def storage_audit(
             )
 
     emit(doc, as_json, human)
-    if doc["failures"] and not repair:
+    repaired = all(r["status"] == "repaired" for r in doc.get("repairs", []))
+    if doc["failures"] and (not repair or not repaired):
         raise typer.Exit(3)
 
 

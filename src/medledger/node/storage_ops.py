@@ -29,6 +29,7 @@ from medledger.app.model import (
 )
 from medledger.crypto.cid import cid_for
 from medledger.errors import (
+    Forbidden,
     IntegrityError,
     InvalidInput,
     MedLedgerError,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 log = get_logger("medledger.storage")
 
 STATUS_TIMEOUT = 2.0
+USAGE_TIMEOUT = 20.0
 RECENT_BLOCK_MS = 60_000
 REPAIR_CONCURRENCY = 2
 
@@ -128,15 +130,25 @@ class StorageOps:
         return out
 
     def _is_member(self, name: str) -> bool:
-        return self.node.app.committed_view().get(k_institution(name), Institution) is not None
+        """A member institution that holds storage: on chain, with a validator that
+        has voting power now (removed and jailed members get no new shards)."""
+        if self.node.app.committed_view().get(k_institution(name), Institution) is None:
+            return False
+        return any(v.name == name and v.power > 0 for v in self.node.validators)
 
     async def _probe(self, ep: ShardEndpoint) -> dict[str, Any]:
+        """Health (a ping, a short timeout) and usage (a walk of the whole store,
+        which may take longer: unknown usage does not make a service unhealthy)."""
         try:
-            doc = await asyncio.wait_for(ep.status(), STATUS_TIMEOUT)
-            return {**doc, "healthy": True}
+            await asyncio.wait_for(ep.ping(), STATUS_TIMEOUT)
         except (MedLedgerError, TimeoutError) as exc:
             code = exc.code if isinstance(exc, MedLedgerError) else "TIMEOUT"
             return {"institution": ep.name, "healthy": False, "error": code}
+        try:
+            doc = await asyncio.wait_for(ep.status(), USAGE_TIMEOUT)
+        except (MedLedgerError, TimeoutError):
+            return {"institution": ep.name, "healthy": True, "usage": "unknown"}
+        return {**doc, "healthy": True}
 
     async def reachable(self) -> list[str]:
         """Members whose shard service answers a ping (and reaches its backend) now."""
@@ -162,6 +174,11 @@ class StorageOps:
         on_bytes: Callable[[int], None] | None = None,
     ) -> tuple[Manifest, bytes]:
         """Spread an upload over ``k+m`` distinct institutions (this one first)."""
+        if not self._is_member(self.name):
+            raise Forbidden(
+                "this node is not a member institution's; upload through a member's node",
+                code="NOT_A_MEMBER_NODE",
+            )
         alive = await self.reachable()
         if k is None or m is None:
             dk, dm = default_params(len(alive))
@@ -288,7 +305,7 @@ class StorageOps:
             "auditor": self.name,
             "checked": len(chs),
             "failures": [f.__dict__ for f in failures],
-            "alerts": alerts,
+            "alerts": [a["tx_hash"] for a in alerts if a["code"] == "OK"],
         }
         if repair and failures:
             report["repairs"] = await self.repair(
@@ -337,7 +354,7 @@ class StorageOps:
             f.stripes = sorted(set(f.stripes))[:256]
         return out
 
-    async def _report(self, failures: list[Failure], seed_height: int) -> list[str]:
+    async def _report(self, failures: list[Failure], seed_height: int) -> list[dict[str, Any]]:
         bodies = [
             StorageAlertBody(
                 record_id=f.record_id,
@@ -351,10 +368,12 @@ class StorageOps:
         ]
         return await self._submit(STORAGE_ALERT, bodies)
 
-    async def _submit(self, kind: str, bodies: list[Any]) -> list[str]:
-        """Submit transactions signed by this node's key and wait for their commit."""
+    async def _submit(self, kind: str, bodies: list[Any]) -> list[dict[str, Any]]:
+        """Submit transactions signed by this node's key and wait for their commit;
+        one ``{"tx_hash", "code", "height"}`` per body, in order."""
         node = self.node
-        hashes: list[bytes] = []
+        out: list[dict[str, Any]] = []
+        pending: list[tuple[int, bytes]] = []
         for body in bodies:
             raw = make_tx(
                 node.node_key,
@@ -364,12 +383,21 @@ class StorageOps:
                 body=body,
             )
             try:
-                hashes.append(node.submit(raw).hash)
+                h = node.submit(raw).hash
             except MedLedgerError as exc:
                 log.warning("storage.tx_rejected", kind=kind, code=exc.code)
-        if hashes:
-            await node.wait_many(hashes, timeout=30.0)
-        return [h.hex() for h in hashes]
+                out.append({"tx_hash": "", "code": exc.code, "height": 0})
+                continue
+            pending.append((len(out), h))
+            out.append({"tx_hash": h.hex(), "code": "PENDING", "height": 0})
+        if pending:
+            results = await node.wait_many([h for _, h in pending], timeout=30.0)
+            for (i, _), res in zip(pending, results, strict=True):
+                if isinstance(res, MedLedgerError):
+                    out[i]["code"] = res.code
+                else:
+                    out[i]["code"], out[i]["height"] = res.result.code, res.height
+        return out
 
     # ---- repair ---------------------------------------------------------------------------------
 
@@ -433,9 +461,12 @@ class StorageOps:
             )
             placement[column] = target.name
             out.append({**entry, "to": target.name, "shards": len(bad), "status": "repaired"})
-        txs = await self._submit(STORAGE_REPAIR, repairs)
-        for entry, tx in zip([o for o in out if o["status"] == "repaired"], txs, strict=False):
-            entry["tx_hash"] = tx
+        done = [o for o in out if o["status"] == "repaired"]
+        for entry, tx in zip(done, await self._submit(STORAGE_REPAIR, repairs), strict=True):
+            entry["tx_hash"] = tx["tx_hash"]
+            if tx["code"] != "OK":  # the shards are back, but the chain did not record it
+                entry["status"] = "unrecorded"
+                entry["error"] = tx["code"]
         return out
 
     async def _column_health(
