@@ -114,17 +114,21 @@ class Coordinator:
             raise InvalidInput("placement must name k+m services", code="BAD_PLACEMENT")
         codec = StripeCodec(k, m)
         pipes = [_Pipe(ep, c) for c, ep in enumerate(endpoints)]
+        chunk_cids: list[str] = []
         sizes: list[int] = []
         parity: list[ChunkRef] = []
         stripe: list[bytes] = []
         content_bytes: bytes | None = None
         ok = False
 
-        def encode(data: list[bytes]) -> list[tuple[str, bytes]]:
-            return [(cid_for(p), p) for p in codec.parity(data)]
+        def encode(data: list[bytes]) -> tuple[list[str], list[tuple[str, bytes]]]:
+            """The stripe's chunk CIDs (checked against the client's manifest before
+            any service gets it) and its parity shards with their CIDs."""
+            return [cid_for(d) for d in data], [(cid_for(p), p) for p in codec.parity(data)]
 
         async def flush() -> None:
-            par = await self._run(encode, stripe) if m else []
+            cids, par = await self._run(encode, stripe)
+            chunk_cids.extend(cids)
             for c, shard in enumerate(stripe):
                 await pipes[c].send((framing.CHUNK, shard))
             for j, (cid, shard) in enumerate(par):
@@ -152,7 +156,9 @@ class Coordinator:
             if stripe:
                 await flush()
             content = decode_content_manifest(content_bytes)
-            if [r.size for r in content.chunks] != sizes:
+            if [(r.cid, r.size) for r in content.chunks] != list(
+                zip(chunk_cids, sizes, strict=True)
+            ):
                 raise InvalidInput(
                     "the manifest does not list the uploaded chunks", code="UPLOAD_INCOMPLETE"
                 )
