@@ -35,6 +35,7 @@ test: install lint typecheck
 bench: install
 	$(PY) bench/run.py
 	$(PY) bench/consortium.py
+	$(PY) bench/storage.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
