@@ -9,7 +9,9 @@ each is stored under its CID and verified against it on every read. Backends:
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Protocol
 
 from medledger.crypto.cid import cid_for, is_cid
 from medledger.errors import IntegrityError, InvalidInput, NotFound
-from medledger.fsutil import atomic_write, fsync_path
+from medledger.fsutil import fsync_path
 
 
 class ShardBackend(Protocol):
@@ -67,6 +69,9 @@ class LocalShardBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._dirs: set[str] = set()
+        self._tmp = itertools.count()
+        self._tag = f"{os.getpid()}.{secrets.token_hex(4)}"
 
     def _path(self, cid: str) -> Path:
         if not is_cid(cid):
@@ -97,11 +102,33 @@ class LocalShardBackend:
                     return False
             except OSError:
                 pass
-            atomic_write(path, data, mode=0o644, durable=False)
+            self._replace(path, data)
             return False
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(path, data, mode=0o644, durable=False)
+        self._replace(path, data)
         return True
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to a fresh temp file beside ``path`` and rename it into place
+        (a handful of syscalls: shards are many, and each one releases the GIL).
+        Durability comes from ``sync`` once per upload."""
+        sub = path.parent.name
+        if sub not in self._dirs:
+            path.parent.mkdir(exist_ok=True)
+            self._dirs.add(sub)
+        tmp = path.parent / f".{path.name}.{self._tag}.{next(self._tmp)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
 
     def get(self, cid: str) -> bytes:
         path = self._path(cid)

@@ -15,6 +15,7 @@ data key (shards are ciphertext).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,7 +36,8 @@ from medledger.storage.shards import ColumnShard, Item
 
 log = get_logger("medledger.storage")
 
-QUEUE = 8  # shards queued per column
+QUEUE = 32  # shards queued per column (8 MiB of 256 KiB shards)
+ENCODE_AHEAD = 2  # stripes being hashed and parity-coded while more arrive
 _END = object()
 
 
@@ -126,15 +128,26 @@ class Coordinator:
             any service gets it) and its parity shards with their CIDs."""
             return [cid_for(d) for d in data], [(cid_for(p), p) for p in codec.parity(data)]
 
-        async def flush() -> None:
-            cids, par = await self._run(encode, stripe)
+        loop = asyncio.get_running_loop()
+        encoding: deque[tuple[list[bytes], asyncio.Future[Any]]] = deque()
+
+        async def send_oldest() -> None:
+            data, fut = encoding.popleft()
+            cids, par = await fut
             chunk_cids.extend(cids)
-            for c, shard in enumerate(stripe):
+            for c, shard in enumerate(data):
                 await pipes[c].send((framing.CHUNK, shard))
             for j, (cid, shard) in enumerate(par):
                 parity.append(ChunkRef(cid=cid, size=len(shard)))
                 await pipes[k + j].send((framing.CHUNK, shard))
+
+        async def flush() -> None:
+            """Encode the stripe in a thread while the next one is received."""
+            data = list(stripe)
             stripe.clear()
+            encoding.append((data, loop.run_in_executor(self._pool, encode, data)))
+            while len(encoding) > ENCODE_AHEAD:
+                await send_oldest()
 
         try:
             async for kind, payload in items:
@@ -155,6 +168,8 @@ class Coordinator:
                 raise InvalidInput("upload ended before its manifest", code="UPLOAD_TRUNCATED")
             if stripe:
                 await flush()
+            while encoding:
+                await send_oldest()
             content = decode_content_manifest(content_bytes)
             if [(r.cid, r.size) for r in content.chunks] != list(
                 zip(chunk_cids, sizes, strict=True)

@@ -134,9 +134,14 @@ class Manifest(Record, frozen=True):
     def shard_count(self) -> int:
         return len(self.chunks) + len(self.parity)
 
-    def proof(self, stripe: int, column: int) -> list[bytes]:
-        """Merkle path of a shard's leaf to ``shard_root``."""
-        hashed = [leaf_hash(x) for x in self.leaves()]
+    def hashed_leaves(self) -> list[bytes]:
+        return [leaf_hash(x) for x in self.leaves()]
+
+    def proof(self, stripe: int, column: int, hashed: list[bytes] | None = None) -> list[bytes]:
+        """Merkle path of a shard's leaf to ``shard_root`` (``hashed``: the
+        ``hashed_leaves()`` of this manifest, when the caller keeps them)."""
+        if hashed is None:
+            hashed = self.hashed_leaves()
         return inclusion_proof(hashed, self.leaf_index(stripe, column))
 
     def stored_bytes(self) -> int:

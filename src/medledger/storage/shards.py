@@ -10,7 +10,7 @@ keeps moving bytes.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from medledger.storage import framing
 from medledger.storage.backend import ShardBackend
 from medledger.storage.manifest import Manifest, decode_manifest
 
-WINDOW = 8  # shards in flight per stream
+WINDOW = 16  # shards in flight per stream
 _PING_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"  # CID of b""
 Item = tuple[bytes, bytes]  # (frame kind, payload)
 
@@ -53,6 +53,9 @@ class ShardService:
         self.name = name
         self.backend = backend
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"shards-{name}")
+        # manifests are immutable (content-addressed): decode and validate each once
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._leaves: OrderedDict[str, list[bytes]] = OrderedDict()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -134,8 +137,21 @@ class ShardService:
                         log.warning("shards.cleanup_failed", cid=cid)
 
     async def manifest(self, manifest_cid: str) -> Manifest:
+        cached = self._manifests.get(manifest_cid)
+        if cached is not None:
+            self._manifests.move_to_end(manifest_cid)
+            return cached
         data = await self._run(self.backend.get, manifest_cid)
-        return await self._run(decode_manifest, data)  # type: ignore[no-any-return]
+        manifest: Manifest = await self._run(decode_manifest, data)
+        _remember(self._manifests, manifest_cid, manifest)
+        return manifest
+
+    async def _hashed_leaves(self, manifest_cid: str, manifest: Manifest) -> list[bytes]:
+        leaves = self._leaves.get(manifest_cid)
+        if leaves is None:
+            leaves = await self._run(manifest.hashed_leaves)
+            _remember(self._leaves, manifest_cid, leaves)
+        return leaves
 
     async def manifest_bytes(self, manifest_cid: str) -> bytes:
         return await self._run(self.backend.get, manifest_cid)  # type: ignore[no-any-return]
@@ -191,7 +207,7 @@ class ShardService:
         data = await self.shard(ref.cid)
         return ShardProof(
             shard=data,
-            path=manifest.proof(stripe, column),
+            path=manifest.proof(stripe, column, await self._hashed_leaves(manifest_cid, manifest)),
             leaf=manifest.leaf_index(stripe, column),
             shard_count=manifest.shard_count(),
         )
@@ -217,6 +233,15 @@ class ShardService:
             "objects": objects,
             "bytes": used,
         }
+
+
+MANIFEST_CACHE = 64
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > MANIFEST_CACHE:
+        cache.popitem(last=False)
 
 
 def column_frames(items: AsyncIterator[ColumnShard]) -> AsyncIterator[bytes]:
