@@ -441,5 +441,20 @@ def test_s3_backend_reads_survive_two_losses_and_audit_repairs(
             assert cid_for(body) == k.rsplit("/", 1)[1]
     assert storage(c, "hospital-d", "audit", "--all")["failures"] == []
     assert read_record(c, "hospital-c", cast.patient, p.record_id, "s3-repaired") == data
+
+    # a truncated upload leaves no object in any institution's S3 prefix
+    def objects() -> set[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket="medledger-shards")
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    before = objects()
+    frames = [framing.frame(framing.CHUNK, os.urandom(CHUNK_SIZE + 16)) for _ in range(4)]
+    path = "/api/v1/storage/objects"
+    headers = signing.sign_request(
+        cast.clinician.key, "POST", path, time.time_ns() // 1_000_000, signing.UNSIGNED
+    )
+    resp = httpx.post(api(c, "hospital-a") + path, content=iter(frames[:3]), headers=headers)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "UPLOAD_TRUNCATED"
+    wait_for(lambda: objects() == before or None, 10, "every object of it to be removed")
     st = storage(c, "hospital-a", "status")
     assert all(s["healthy"] and s["backend"].startswith("s3:") for s in st["services"])

@@ -388,3 +388,14 @@ def test_store_put_repairs_corrupt_chunk(store: LocalChunkStore) -> None:
     (store.root / cid[-2:] / cid).write_bytes(b"garbage")
     store.put(cid, data)
     assert store.get(cid) == data
+
+
+def test_store_recovers_from_its_directory_being_removed(tmp_path: Path) -> None:
+    import shutil
+
+    store = LocalChunkStore(tmp_path / "shards")
+    cid, fresh = store.add(b"first")
+    assert fresh
+    shutil.rmtree(tmp_path / "shards")  # an operator wipes the disk under the running node
+    cid2, fresh2 = store.add(b"first")
+    assert (cid2, fresh2) == (cid, True) and store.get(cid) == b"first"

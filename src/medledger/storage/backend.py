@@ -113,10 +113,15 @@ class LocalShardBackend:
         Durability comes from ``sync`` once per upload."""
         sub = path.parent.name
         if sub not in self._dirs:
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(sub)
         tmp = path.parent / f".{path.name}.{self._tag}.{next(self._tmp)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:  # the directory was removed under us (an operator, a disk swap)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, flags, 0o644)
         try:
             view = memoryview(data)
             while view:
