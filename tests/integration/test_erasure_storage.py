@@ -205,6 +205,11 @@ def test_read_with_one_node_down_and_another_shards_deleted(quad: Consortium, ca
         f.unlink()
     via = next(n for n in NAMES if n not in (down, "hospital-a"))
     assert read_record(c, via, cast.patient, p.record_id, "down-and-lost") == data
+    # the read had to decode around them: the reading node repairs the deleted shards
+    # in place at once (the stopped node's column waits: no member is free to take it)
+    lost_files = column_shards(c, man, p.placement.index(lost), lost)
+    wait_for(lambda: all(f.exists() for f in lost_files) or None, 20, "a repair after the read")
+    assert all(cid_for(f.read_bytes()) == f.name for f in lost_files)
     # the status view shows the stopped service as unhealthy
     st = storage(c, "hospital-a", "status")
     health = {s["institution"]: s["healthy"] for s in st["services"]}

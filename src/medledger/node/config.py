@@ -40,7 +40,9 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout_delta_ms: int = 500
     shards_dir: str = "shards"  # the local shard backend, under the node's home
     s3: S3Config | None = None  # shards in an S3-compatible store instead
-    storage_audits: bool = True  # run the storage audits this node is chosen for
+    storage_audits: bool = (
+        True  # run the epoch audits this node is chosen for, and repair after reads
+    )
 
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"

@@ -100,11 +100,15 @@ class StorageOps:
         self._local = LocalEndpoint(self.service)
         self._remote: dict[str, RemoteEndpoint] = {}
         self._audit_task: asyncio.Task[Any] | None = None
+        self._repairing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.last_audit: dict[str, Any] | None = None
 
     async def close(self) -> None:
         if self._audit_task is not None:
             self._audit_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         for ep in self._remote.values():
             await ep.close()
         self.service.close()
@@ -235,7 +239,34 @@ class StorageOps:
         chunks = self.coordinator.read(
             manifest, meta.content_hash, self.endpoints(), meta.placement, on_problem
         )
-        return data, chunks
+
+        async def then_repair() -> AsyncIterator[bytes]:
+            """The chunks; a read that had to decode around bad shards then has the
+            record repaired in the background (not waiting for the next audit)."""
+            async for chunk in chunks:
+                yield chunk
+            if problems:
+                self.repair_soon(meta.record_id)
+
+        return data, then_repair()
+
+    def repair_soon(self, record_id: str) -> None:
+        if record_id in self._repairing or not self.node.config.storage_audits:
+            return
+        self._repairing.add(record_id)
+
+        async def run() -> None:
+            try:
+                done = await self.repair([record_id])
+                log.info("storage.read_repair", record_id=record_id, repairs=len(done))
+            except Exception:
+                log.exception("storage.read_repair_failed", record_id=record_id)
+            finally:
+                self._repairing.discard(record_id)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ---- audits ------------------------------------------------------------------------------
 
