@@ -381,8 +381,8 @@ def s3quad(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedS3) -> Iter
                 secret_key=seaweed.secret_key,
                 prefix=f"{name}/shards/",
             )
+            cfg.storage_audits = False  # no epoch audits or read repairs: on demand only
             save_config(home(c, name), cfg)
-        set_chain_params(c, storage_audit_epoch=1_000_000)  # audits only on demand here
         c.up()
         wait_for(lambda: full_mesh(c, NAMES), 20, "every validator to connect to the other three")
         yield c
