@@ -101,7 +101,8 @@ def add_storage_routes(
         manifest = await service.manifest(_cid(cid))
         if not 0 <= column < manifest.width:
             raise InvalidInput("no such shard column", code="BAD_COLUMN")
-        items = service.column(manifest, column, start)
+        # the reading coordinator checks every shard against the manifest itself
+        items = service.column(manifest, column, start, verify=False)
         return StreamingResponse(column_frames(items), media_type=FRAMES)
 
     @app.get("/storage/v1/manifests/{cid}/proof")

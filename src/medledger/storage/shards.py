@@ -10,6 +10,7 @@ keeps moving bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -160,11 +161,12 @@ class ShardService:
         return await self._run(self.backend.get, cid)  # type: ignore[no-any-return]
 
     async def column(
-        self, manifest: Manifest, column: int, start: int = 0
+        self, manifest: Manifest, column: int, start: int = 0, *, verify: bool = True
     ) -> AsyncIterator[ColumnShard]:
-        """The shards of ``column`` from stripe ``start`` on, each verified; a missing
-        or corrupt one comes as a ``ColumnShard`` without data and the stream goes on.
-        Implicit zero shards of a short last stripe are skipped."""
+        """The shards of ``column`` from stripe ``start`` on, each verified (unless the
+        reader verifies them itself, as a remote coordinator does); a missing or corrupt
+        one comes as a ``ColumnShard`` without data and the stream goes on. Implicit
+        zero shards of a short last stripe are skipped."""
         if not 0 <= column < manifest.width:
             raise InvalidInput("no such shard column", code="BAD_COLUMN")
         refs = [
@@ -175,9 +177,10 @@ class ShardService:
         pending: deque[tuple[int, asyncio.Future[bytes]]] = deque()
         loop = asyncio.get_running_loop()
         it = iter(refs)
+        get = self.backend.get if verify else functools.partial(self.backend.get, verify=False)
         try:
             for s, ref in it:
-                pending.append((s, loop.run_in_executor(self._pool, self.backend.get, ref.cid)))
+                pending.append((s, loop.run_in_executor(self._pool, get, ref.cid)))
                 if len(pending) >= WINDOW:
                     break
             while pending:
@@ -188,9 +191,7 @@ class ShardService:
                     item = ColumnShard(s, None, exc.code)
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(
-                        (nxt[0], loop.run_in_executor(self._pool, self.backend.get, nxt[1].cid))
-                    )
+                    pending.append((nxt[0], loop.run_in_executor(self._pool, get, nxt[1].cid)))
                 yield item
         finally:
             for _, fut in pending:
