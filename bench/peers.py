@@ -29,6 +29,7 @@ if str(_SEAWEED_DIR) not in sys.path:
 from seaweed import SeaweedS3, start_seaweed  # noqa: E402
 
 from medledger.errors import IntegrityError  # noqa: E402
+from medledger.fsutil import fsync_path  # noqa: E402
 
 __all__ = ["S3Endpoint", "SeaweedS3", "plain_copy", "seaweed_put_get", "start_seaweed"]
 
@@ -54,7 +55,7 @@ def plain_copy(src: Path, dst: Path) -> float:
             fout.write(chunk)
         fout.flush()
         os.fsync(fout.fileno())
-    _fsync_dir(dst.parent)
+    fsync_path(dst.parent)
     return time.perf_counter() - began
 
 
@@ -142,17 +143,5 @@ def _sha256(path: Path) -> bytes:
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
+    fsync_path(path.parent)

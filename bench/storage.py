@@ -37,7 +37,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from peers import SeaweedS3, plain_copy, seaweed_put_get, start_seaweed  # bench/, on sys.path
+from consortium import cpu_seconds as node_cpu_seconds  # bench/, on sys.path
+from peers import SeaweedS3, plain_copy, seaweed_put_get, start_seaweed
 
 from medledger.client import Client, PutResult
 from medledger.crypto.keys import PrivateKey, load_key_file
@@ -49,7 +50,6 @@ PURPOSE = "treatment"
 READY_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 30
 COMMIT_PROBES = 5
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def cli(*args: str) -> str:
@@ -245,14 +245,7 @@ def shards_away(root: Path, names: list[str]) -> Iterator[None]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User+system CPU seconds of ``pids`` (dead ones count 0) and of this process."""
-    total = time.process_time()
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK
-    return total
+    return time.process_time() + node_cpu_seconds(pids)
 
 
 class Meter:

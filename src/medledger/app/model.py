@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from medledger.codec import Record
 from medledger.ledger.block import Vote
+from medledger.storage.erasure import shard_count, stripe_count
 
 
 class Role(StrEnum):
@@ -75,11 +76,11 @@ class RecordMeta(Record, frozen=True):
 
     @property
     def stripes(self) -> int:
-        return -(-self.chunk_count // self.k)
+        return stripe_count(self.chunk_count, self.k)
 
     @property
     def shard_count(self) -> int:
-        return self.chunk_count + self.stripes * self.m
+        return shard_count(self.chunk_count, self.k, self.m)
 
 
 # ---- transaction kinds and bodies -------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from medledger.errors import IntegrityError
 from medledger.ledger.merkle import verify_inclusion
+from medledger.storage.erasure import shard_count
 
 _DOMAIN = b"medledger/storage-audit/v1\x00"
 
@@ -30,12 +31,8 @@ class StoredRecord:
     m: int
 
     @property
-    def stripes(self) -> int:
-        return -(-self.chunk_count // self.k)
-
-    @property
     def shard_count(self) -> int:
-        return self.chunk_count + self.stripes * self.m
+        return shard_count(self.chunk_count, self.k, self.m)
 
     def locate(self, leaf: int) -> tuple[int, int]:
         """``(stripe, column)`` of the shard with Merkle leaf index ``leaf``."""

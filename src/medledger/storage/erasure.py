@@ -30,6 +30,16 @@ def default_params(institutions: int) -> tuple[int, int]:
     return k, m
 
 
+def stripe_count(chunks: int, k: int) -> int:
+    """Stripes of ``chunks`` chunks, k to a stripe (the last may be short)."""
+    return -(-chunks // k)
+
+
+def shard_count(chunks: int, k: int, m: int) -> int:
+    """Stored shards of a record: every chunk, and m parity shards per stripe."""
+    return chunks + stripe_count(chunks, k) * m
+
+
 def check_params(k: int, m: int, services: int | None = None) -> None:
     if not 1 <= k <= MAX_K or not 0 <= m <= MAX_M:
         raise InvalidInput(

@@ -21,7 +21,7 @@ from medledger.codec import Record, decode_canonical, encode
 from medledger.crypto.cid import cid_for, cid_to_digest, is_cid
 from medledger.errors import InvalidInput
 from medledger.ledger.merkle import inclusion_proof, leaf_hash, merkle_root
-from medledger.storage.erasure import MAX_K, MAX_M
+from medledger.storage.erasure import MAX_K, MAX_M, shard_count, stripe_count
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
@@ -91,7 +91,7 @@ class Manifest(Record, frozen=True):
 
     @property
     def stripes(self) -> int:
-        return -(-len(self.chunks) // self.k)
+        return stripe_count(len(self.chunks), self.k)
 
     def data_in(self, stripe: int) -> int:
         """How many data shards stripe ``stripe`` holds (k except maybe the last)."""
@@ -132,7 +132,7 @@ class Manifest(Record, frozen=True):
         return out
 
     def shard_count(self) -> int:
-        return len(self.chunks) + len(self.parity)
+        return shard_count(len(self.chunks), self.k, self.m)
 
     def hashed_leaves(self) -> list[bytes]:
         return [leaf_hash(x) for x in self.leaves()]
