@@ -4,10 +4,15 @@ node keys are served)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import AsyncIterator
+import contextlib
+import http.client
+import queue
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import msgspec
@@ -22,6 +27,8 @@ from medledger.storage.shards import ColumnShard, Item, ShardProof, ShardService
 PREFIX = "/storage/v1"
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 60.0
+PUT_QUEUE = 32  # frames queued for a column's sender thread
+SENDERS = 8  # column uploads to one service at a time (more wait their turn)
 
 
 class ShardEndpoint(Protocol):
@@ -93,6 +100,8 @@ class RemoteEndpoint:
         self.base_url = base_url.rstrip("/")
         self._key = key
         self._now_ms = now_ms
+        # one thread per column upload in flight (each blocks on its socket)
+        self._senders = ThreadPoolExecutor(SENDERS, thread_name_prefix=f"shards-to-{name}")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
@@ -101,6 +110,7 @@ class RemoteEndpoint:
 
     async def close(self) -> None:
         await self._http.aclose()
+        self._senders.shutdown(wait=False, cancel_futures=True)
 
     def _headers(self, method: str, path_qs: str, body_hash: str) -> dict[str, str]:
         return signing.sign_request(self._key, method, path_qs, self._now_ms(), body_hash)
@@ -122,21 +132,50 @@ class RemoteEndpoint:
         return resp
 
     async def put(self, items: AsyncIterator[Item], columns: list[int]) -> None:
+        """Stream a column to the service. The bytes go out from a worker thread
+        (``http.client``, whose blocking sends release the GIL): on loopback a send
+        does the receiver's TCP work too, which would otherwise stall this node's
+        event loop and the threads hashing and coding the next stripes."""
         path_qs = f"{PREFIX}/shards?columns={','.join(map(str, columns))}"
-
-        async def body() -> AsyncIterator[bytes]:
-            async for kind, payload in items:
-                yield framing.frame_header(kind, len(payload))
-                yield payload
-
         headers = self._headers("POST", path_qs, signing.UNSIGNED)
         headers["content-type"] = "application/vnd.medledger.frames"
+        frames: queue.Queue[bytes | None] = queue.Queue(PUT_QUEUE)
+        loop = asyncio.get_running_loop()
+        sender = loop.run_in_executor(
+            self._senders, _post_frames, self.base_url, path_qs, headers, frames
+        )
         try:
-            resp = await self._http.post(path_qs, content=body(), headers=headers)
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc)
-        if resp.status_code >= 400:
-            raise _error_from(resp.status_code, resp.content)
+            async for kind, payload in items:
+                frame = framing.frame(kind, payload)
+                while True:
+                    try:
+                        frames.put_nowait(frame)
+                        break
+                    except queue.Full:
+                        if sender.done():
+                            break  # the request already ended: its outcome says why
+                        await asyncio.sleep(0.001)
+                if sender.done():
+                    break
+        except BaseException:
+            _abort(frames)
+            with contextlib.suppress(BaseException):
+                await sender
+            raise
+        while not sender.done():
+            try:
+                frames.put_nowait(None)
+                break
+            except queue.Full:
+                await asyncio.sleep(0.001)
+        status, body = await sender
+        if status >= 400:
+            raise _error_from(status, body)
+        if status == 0:
+            raise Unavailable(
+                f"storage service of {self.name} is unreachable: {body.decode()}",
+                code="STORAGE_SERVICE_UNAVAILABLE",
+            )
 
     async def column(
         self, manifest: Manifest, manifest_cid: str, column: int, start: int
@@ -201,6 +240,48 @@ class RemoteEndpoint:
 
     async def ping(self) -> None:
         await self._get(f"{PREFIX}/ping")
+
+
+class _Aborted(Exception):
+    """The coordinator gave up on the upload: end the request body mid-stream."""
+
+
+def _abort(frames: queue.Queue[bytes | None]) -> None:
+    with contextlib.suppress(queue.Empty):
+        while True:
+            frames.get_nowait()
+    with contextlib.suppress(queue.Full):
+        frames.put_nowait(b"")  # the marker of an abandoned upload
+
+
+def _post_frames(
+    base_url: str,
+    path_qs: str,
+    headers: dict[str, str],
+    frames: queue.Queue[bytes | None],
+) -> tuple[int, bytes]:
+    """POST the frames as a chunked body; ``(status, body)``, or ``(0, reason)`` when
+    the service cannot be reached. An empty frame aborts: the connection is dropped
+    mid-body, so the service deletes what this stream wrote."""
+    url = urlsplit(base_url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=READ_TIMEOUT)
+
+    def body() -> Iterator[bytes]:
+        while (frame := frames.get()) is not None:
+            if not frame:
+                raise _Aborted
+            yield frame
+
+    try:
+        conn.request("POST", path_qs, body=body(), headers=headers, encode_chunked=True)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except _Aborted:
+        return 0, b"upload abandoned"
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, type(exc).__name__.encode()
+    finally:
+        conn.close()
 
 
 def proof_json(p: ShardProof) -> dict[str, Any]:
