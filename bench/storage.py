@@ -13,7 +13,8 @@ node processes, against a plain durable copy and a raw SeaweedFS S3 server, in o
    through a real SeaweedFS S3 gateway (``bench/peers.py``).
 
 Run from the repository root:
-``.venv/bin/python bench/storage.py [--mb 500] [--rounds 2] [--json-out FILE]``.
+``.venv/bin/python bench/storage.py [--mb 500] [--rounds 2] [--json-out FILE]``
+(results also go to ``bench/results/storage.json`` by default).
 Progress goes to stderr, the table to stdout.
 """
 
@@ -608,7 +609,9 @@ def main() -> None:
     ap.add_argument("--mb6", type=int, default=64, help="file size for the 6-institution run")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (/tmp)")
-    ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument(
+        "--json-out", type=Path, default=Path(__file__).parent / "results" / "storage.json"
+    )
     args = ap.parse_args()
     if args.rounds < 1 or args.mb < 1 or args.mb6 < 1:
         ap.error("--rounds, --mb and --mb6 must be >= 1")
