@@ -10,6 +10,7 @@ keeps moving bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from medledger.storage.backend import ShardBackend
 from medledger.storage.manifest import Manifest, decode_manifest
 
 WINDOW = 16  # shards in flight per stream
+BATCH = 4  # shards stored per worker job (fewer thread hand-offs)
+SYNC_EVERY = 64 * 1024 * 1024  # bytes written between early background syncs
 _PING_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"  # CID of b""
 Item = tuple[bytes, bytes]  # (frame kind, payload)
 
@@ -54,12 +57,14 @@ class ShardService:
         self.name = name
         self.backend = backend
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"shards-{name}")
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix=f"shards-sync-{name}")
         # manifests are immutable (content-addressed): decode and validate each once
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._leaves: OrderedDict[str, list[bytes]] = OrderedDict()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._syncer.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -73,29 +78,50 @@ class ShardService:
         """
         fresh: list[str] = []
         got: set[str] = set()
-        inflight: deque[asyncio.Future[tuple[str, bool]]] = deque()
+        inflight: deque[asyncio.Future[list[tuple[str, bool]]]] = deque()
+        batch: list[bytes] = []
         manifest_bytes: bytes | None = None
         loop = asyncio.get_running_loop()
         ok = False
+        unsynced = 0
+        syncing: asyncio.Future[None] | None = None
+
+        def add_all(payloads: list[bytes]) -> list[tuple[str, bool]]:
+            return [self.backend.add(p) for p in payloads]
+
+        def submit() -> None:
+            nonlocal unsynced, syncing
+            if batch:
+                unsynced += sum(len(b) for b in batch)
+                inflight.append(loop.run_in_executor(self._pool, add_all, list(batch)))
+                batch.clear()
+            if unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
+                # flush what is written so far while more arrives: the final sync
+                # (the one that counts) then has little left to wait for
+                syncing = loop.run_in_executor(self._syncer, self.backend.sync, list(fresh))
+                unsynced = 0
 
         async def settle(limit: int) -> None:
             while len(inflight) > limit:
-                cid, new = await inflight.popleft()
-                got.add(cid)
-                if new:
-                    fresh.append(cid)
+                for cid, new in await inflight.popleft():
+                    got.add(cid)
+                    if new:
+                        fresh.append(cid)
 
         try:
             async for kind, payload in items:
                 if manifest_bytes is not None:
                     raise InvalidInput("data after the manifest", code="BAD_FRAME")
                 if kind == framing.CHUNK:
-                    inflight.append(loop.run_in_executor(self._pool, self.backend.add, payload))
-                    await settle(WINDOW)
+                    batch.append(payload)
+                    if len(batch) == BATCH:
+                        submit()
+                        await settle(WINDOW // BATCH)
                 elif kind == framing.MANIFEST:
                     manifest_bytes = payload
                 else:
                     raise InvalidInput("unexpected frame in a shard upload", code="BAD_FRAME")
+            submit()
             await settle(0)
             if manifest_bytes is None:
                 raise InvalidInput(
@@ -118,6 +144,8 @@ class ShardService:
             manifest_cid, new = await self._run(self.backend.add, manifest_bytes)
             if new:
                 fresh.append(manifest_cid)
+            if syncing is not None:
+                await syncing
             await self._run(self.backend.sync, fresh)
             ok = True
             log.info("shards.stored", manifest=manifest_cid, shards=len(got), columns=columns)
@@ -126,11 +154,13 @@ class ShardService:
             if not ok:
                 for fut in inflight:
                     try:
-                        cid, new = await fut
+                        added = await fut
                     except BaseException:
                         continue
-                    if new:
-                        fresh.append(cid)
+                    fresh.extend(cid for cid, new in added if new)
+                if syncing is not None:
+                    with contextlib.suppress(BaseException):
+                        await syncing
                 for cid in fresh:
                     try:
                         await self._run(self.backend.delete, cid)
