@@ -228,9 +228,10 @@ def test_malformed_uploads(consortium: Consortium, cast: Cast) -> None:
 
 def test_connection_cut_mid_upload(consortium: Consortium, cast: Cast) -> None:
     c = consortium
-    s = seal_content(os.urandom(6 * CHUNK_SIZE))
+    # enough chunks that the node has stored some (it writes shards in small batches)
+    s = seal_content(os.urandom(12 * CHUNK_SIZE))
     frames = chunk_frames(s)
-    sent = b"".join(frames[:4])
+    sent = b"".join(frames[:10])
     headers = signing.sign_request(
         cast.clinician.key, "POST", UPLOAD, time.time_ns() // 1_000_000, signing.UNSIGNED
     )
@@ -244,7 +245,7 @@ def test_connection_cut_mid_upload(consortium: Consortium, cast: Cast) -> None:
         "",
     ]
     with socket.create_connection((url.hostname, url.port)) as sock:
-        sock.sendall("\r\n".join(head).encode() + sent + frames[4][:1000])
+        sock.sendall("\r\n".join(head).encode() + sent + frames[10][:1000])
         # wait until the node has stored what it got, then drop the connection
         first = chunk_path(c, s.chunks[0][0])
         deadline = time.monotonic() + 10
