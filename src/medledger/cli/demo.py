@@ -66,6 +66,11 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
         r1 = doc.put_record(note, patient=patient, record_type="note")
         r2 = doc.put_record(xray, patient=patient, record_type="imaging")
     out.print(f"doctor stored record {r1.record_id} (note) and {r2.record_id} (imaging)")
+    lost = f"; it survives any {r2.m} of them losing their shards" if r2.m else ""
+    out.print(
+        f"  stored as {r2.k}+{r2.m} erasure-coded shards over {', '.join(r2.placement)}"
+        f" ({r2.stored_bytes / max(r2.size, 1):.1f}x the bytes{lost})"
+    )
     other = nodes[-1]  # with several institutions: read through another member's node
     with Client(other["api"], keys["patient"]) as pt:
         pt.get_record(
@@ -91,6 +96,9 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
     )
     out.print(f"  medledger proof verify audit.proof --genesis {d}/genesis.json")
     out.print(f"  medledger record get {r2.record_id} --out xray.bin --as {d}/people/doctor.key")
+    admin_key = f"{d}/{first['name']}/admin.key"
+    out.print(f"  medledger storage status --as {admin_key}")
+    out.print(f"  medledger storage audit --all --as {admin_key}")
     out.print(f"  API docs: {api}/api/v1/docs   metrics: {api}/metrics")
     out.print("  Stop it with: make down")
 
