@@ -56,7 +56,6 @@ from medledger.node.metrics import NodeMetrics
 from medledger.node.storage_ops import StorageOps
 from medledger.node.wire import Block
 from medledger.p2p.peers import PeerAddress, PeerManager
-from medledger.storage.manifest import decode_manifest
 
 log = get_logger("medledger.node")
 
@@ -338,7 +337,7 @@ class Node:
             return
         try:
             body = decode(stx.tx.body, RegisterRecordBody)
-            manifest = decode_manifest(self.storage.backend.get(body.content_hash))
+            manifest = self.storage.service.stored_manifest(body.content_hash)
         except MedLedgerError:
             raise InvalidTransaction(
                 "the record's content is not stored through this node; upload it first",

@@ -144,6 +144,7 @@ class ShardService:
             manifest_cid, new = await self._run(self.backend.add, manifest_bytes)
             if new:
                 fresh.append(manifest_cid)
+            _remember(self._manifests, manifest_cid, manifest)
             if syncing is not None:
                 await syncing
             await self._run(self.backend.sync, fresh)
@@ -166,6 +167,15 @@ class ShardService:
                         await self._run(self.backend.delete, cid)
                     except MedLedgerError:
                         log.warning("shards.cleanup_failed", cid=cid)
+
+    def stored_manifest(self, manifest_cid: str) -> Manifest:
+        """A manifest stored here, decoded (from the cache when it can), synchronously."""
+        cached = self._manifests.get(manifest_cid)
+        if cached is not None:
+            return cached
+        manifest = decode_manifest(self.backend.get(manifest_cid))
+        _remember(self._manifests, manifest_cid, manifest)
+        return manifest
 
     async def manifest(self, manifest_cid: str) -> Manifest:
         cached = self._manifests.get(manifest_cid)
