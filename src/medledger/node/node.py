@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medledger.app.application import Application, BlockContext, FinalizedBlock
 from medledger.app.membership import evidence_vote
@@ -627,21 +628,25 @@ class Node:
         self.metrics.key_releases.labels(outcome="relayed").inc()
         return sealed
 
+    def node_tx(self, kind: str, body: Any) -> bytes:
+        """A transaction signed with this node's key, at its next nonce (evidence,
+        storage alerts and repairs)."""
+        return make_tx(
+            self.node_key,
+            chain_id=self.genesis.chain_id,
+            nonce=self.next_nonce(self.node_key.id),
+            kind=kind,
+            body=body,
+        )
+
     def _submit_evidence(self, first: SignedVote, second: SignedVote) -> None:
         """Turn an equivocation the core saw into an on-chain evidence transaction."""
         body = EvidenceBody(
             first=evidence_vote(first.vote, first.signature),
             second=evidence_vote(second.vote, second.signature),
         )
-        raw = make_tx(
-            self.node_key,
-            chain_id=self.genesis.chain_id,
-            nonce=self.next_nonce(self.node_key.id),
-            kind=SUBMIT_EVIDENCE,
-            body=body,
-        )
         try:
-            self.submit(raw)
+            self.submit(self.node_tx(SUBMIT_EVIDENCE, body))
         except MedLedgerError as exc:
             log.warning("evidence.not_submitted", code=exc.code)
 

@@ -35,7 +35,6 @@ from medledger.errors import (
     MedLedgerError,
     NotFound,
 )
-from medledger.ledger.tx import make_tx
 from medledger.log import get_logger
 from medledger.storage import framing
 from medledger.storage.audit import (
@@ -406,15 +405,8 @@ class StorageOps:
         out: list[dict[str, Any]] = []
         pending: list[tuple[int, bytes]] = []
         for body in bodies:
-            raw = make_tx(
-                node.node_key,
-                chain_id=node.genesis.chain_id,
-                nonce=node.next_nonce(node.node_key.id),
-                kind=kind,
-                body=body,
-            )
             try:
-                h = node.submit(raw).hash
+                h = node.submit(node.node_tx(kind, body)).hash
             except MedLedgerError as exc:
                 log.warning("storage.tx_rejected", kind=kind, code=exc.code)
                 out.append({"tx_hash": "", "code": exc.code, "height": 0})
