@@ -45,6 +45,8 @@ class S3Endpoint(Protocol):
     access_key: str
     secret_key: str
 
+    def client(self, **config: Any) -> Any: ...
+
 
 def plain_copy(src: Path, dst: Path) -> float:
     """Copy ``src`` to ``dst`` through user space and make it durable (fsync of the file
@@ -74,7 +76,7 @@ def seaweed_put_get(
     """
     from boto3.s3.transfer import TransferConfig
 
-    client = _client(s3)
+    client = s3.client(max_pool_connections=16, retries={"max_attempts": 3, "mode": "standard"})
     _ensure_bucket(client, BENCH_BUCKET)
     key = f"peer/{uuid.uuid4().hex}"
     transfer = TransferConfig(
@@ -102,26 +104,6 @@ def seaweed_put_get(
 
 
 # ---- internals ----------------------------------------------------------------------------
-
-
-def _client(s3: S3Endpoint) -> Any:
-    """A boto3 S3 client as the S3 backend configures it (path style, SigV4)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        aws_access_key_id=s3.access_key,
-        aws_secret_access_key=s3.secret_key,
-        region_name="us-east-1",
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},
-            max_pool_connections=16,
-            retries={"max_attempts": 3, "mode": "standard"},
-        ),
-    )
 
 
 def _ensure_bucket(client: Any, bucket: str) -> None:

@@ -103,8 +103,9 @@ class SeaweedS3:
         """The last ``lines`` lines of the server's log (for failure messages)."""
         return _tail(self.log_path, lines)
 
-    def client(self) -> Any:
-        """A plain boto3 S3 client for this server (path-style, SigV4), for direct access."""
+    def client(self, **config: Any) -> Any:
+        """A plain boto3 S3 client for this server (path-style, SigV4), for direct
+        access; ``config`` adds botocore ``Config`` options (pools, retries)."""
         import boto3
         from botocore.config import Config
 
@@ -114,7 +115,7 @@ class SeaweedS3:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, **config),
         )
 
 

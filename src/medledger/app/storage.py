@@ -81,8 +81,7 @@ def alert(view: StateView, sender: Identity, body: StorageAlertBody) -> list[Eve
     meta = _node_record(view, sender, body.record_id, body.column)
     if body.reason not in ALERT_REASONS:
         raise StorageRuleError(f"unknown alert reason {body.reason!r}", code="TX_MALFORMED")
-    if body.institution != meta.placement[body.column]:
-        raise StorageRuleError("the column is not held by that institution", code="STALE_PLACEMENT")
+    _require_holder(meta, body.column, body.institution)
     if len(body.stripes) > MAX_ALERT_STRIPES or body.stripes != sorted(set(body.stripes)):
         raise StorageRuleError("alert stripes must be sorted and unique", code="TX_MALFORMED")
     if any(not 0 <= s < meta.stripes for s in body.stripes):
@@ -91,16 +90,7 @@ def alert(view: StateView, sender: Identity, body: StorageAlertBody) -> list[Eve
         f"institution={body.institution} column={body.column} reason={body.reason} "
         f"stripes={','.join(map(str, body.stripes))} seed_height={body.seed_height}"
     )
-    return [
-        Event(
-            action="storage.alert",
-            actor=sender.id,
-            subject=STORAGE_SUBJECT,
-            record_id=meta.record_id,
-            outcome="failed",
-            detail=detail,
-        )
-    ]
+    return [_event("storage.alert", sender, meta, "failed", detail)]
 
 
 def repair(view: StateView, sender: Identity, body: StorageRepairBody) -> list[Event]:
@@ -109,8 +99,7 @@ def repair(view: StateView, sender: Identity, body: StorageRepairBody) -> list[E
     meta = _node_record(view, sender, body.record_id, body.column)
     if not 0 <= body.shards <= meta.stripes:
         raise StorageRuleError("repair shard count out of range", code="TX_MALFORMED")
-    if body.from_institution != meta.placement[body.column]:
-        raise StorageRuleError("the column is not held by that institution", code="STALE_PLACEMENT")
+    _require_holder(meta, body.column, body.from_institution)
     if body.to_institution != body.from_institution:
         if not _member(view, body.to_institution):
             raise StorageRuleError(
@@ -123,19 +112,28 @@ def repair(view: StateView, sender: Identity, body: StorageRepairBody) -> list[E
         placement = list(meta.placement)
         placement[body.column] = body.to_institution
         view.put(k_record(meta.record_id), _with_placement(meta, placement))
-    return [
-        Event(
-            action="storage.repair",
-            actor=sender.id,
-            subject=STORAGE_SUBJECT,
-            record_id=meta.record_id,
-            outcome="ok",
-            detail=(
-                f"column={body.column} from={body.from_institution} "
-                f"to={body.to_institution} shards={body.shards}"
-            ),
-        )
-    ]
+    detail = (
+        f"column={body.column} from={body.from_institution} "
+        f"to={body.to_institution} shards={body.shards}"
+    )
+    return [_event("storage.repair", sender, meta, "ok", detail)]
+
+
+def _require_holder(meta: RecordMeta, column: int, institution: str) -> None:
+    if institution != meta.placement[column]:
+        raise StorageRuleError("the column is not held by that institution", code="STALE_PLACEMENT")
+
+
+def _event(action: str, sender: Identity, meta: RecordMeta, outcome: str, detail: str) -> Event:
+    """A storage event: indexed under ``@storage``, the regulator's view of storage."""
+    return Event(
+        action=action,
+        actor=sender.id,
+        subject=STORAGE_SUBJECT,
+        record_id=meta.record_id,
+        outcome=outcome,
+        detail=detail,
+    )
 
 
 def _with_placement(meta: RecordMeta, placement: list[str]) -> RecordMeta:

@@ -274,7 +274,7 @@ class StorageOps:
 
     def challenges_at(self, height: int, count: int) -> tuple[bytes, list[Challenge]]:
         seed = self.node.block(height).header.hash()
-        recs = [StoredRecord(r.record_id, r.chunk_count, r.k, r.m) for r in self.stored_records()]
+        recs = [_stored(r) for r in self.stored_records()]
         return seed, challenges(seed, recs, count)
 
     def on_block(self, height: int, block_hash: bytes, block_time_ms: int) -> None:
@@ -318,9 +318,7 @@ class StorageOps:
         if everything:
             recs = self.stored_records()
             chs = [
-                Challenge(
-                    r.record_id, *StoredRecord(r.record_id, r.chunk_count, r.k, r.m).locate(i), i
-                )
+                Challenge(r.record_id, *_stored(r).locate(i), i)
                 for r in recs
                 for i in range(r.shard_count)
             ]
@@ -541,6 +539,10 @@ class StorageOps:
                 "failures": len(self.last_audit["failures"]),
             },
         }
+
+
+def _stored(r: RecordMeta) -> StoredRecord:
+    return StoredRecord(r.record_id, r.chunk_count, r.k, r.m)
 
 
 def _data_shards(r: RecordMeta, column: int) -> int:

@@ -64,7 +64,54 @@ class ShardBackend(Protocol):
         ...
 
 
-class LocalShardBackend:
+class ContentAddressedStore:
+    """What every backend does the same way: objects are stored whole under their
+    CID, checked on the way in (``put``), named by their hash (``add``), and checked
+    on the way out (``get``). Subclasses move bytes: ``_load`` (raising ``NotFound``
+    with ``SHARD_NOT_FOUND``) and ``_store`` (replacing any stored copy)."""
+
+    def _load(self, cid: str) -> bytes:
+        raise NotImplementedError
+
+    def _store(self, cid: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def put(self, cid: str, data: bytes) -> bool:
+        if cid_for(data) != cid:
+            raise IntegrityError("shard does not match its identifier", code="CID_MISMATCH")
+        return self._write(cid, data)
+
+    def add(self, data: bytes) -> tuple[str, bool]:
+        """Store ``data`` under its own CID; return ``(cid, newly_written)``."""
+        cid = cid_for(data)
+        return cid, self._write(cid, data)
+
+    def get(self, cid: str, *, verify: bool = True) -> bytes:
+        data = self._load(cid)
+        if verify and cid_for(data) != cid:
+            raise IntegrityError("stored shard is corrupt (hash mismatch)", code="SHARD_CORRUPT")
+        return data
+
+    def _write(self, cid: str, data: bytes) -> bool:
+        """Write a verified shard. Returns False when a good copy was already stored;
+        a stored copy that fails its hash (or cannot be read) is replaced (repaired),
+        also returning False, so that a failed upload never deletes a shard an earlier
+        record uses."""
+        held: bytes | None
+        try:
+            held = self._load(cid)
+        except NotFound:
+            self._store(cid, data)
+            return True
+        except OSError:
+            held = None  # there but unreadable: replace it
+        if held is not None and cid_for(held) == cid:
+            return False
+        self._store(cid, data)
+        return False
+
+
+class LocalShardBackend(ContentAddressedStore):
     """Shards as files under ``root/<last two chars of cid>/<cid>``."""
 
     def __init__(self, root: Path) -> None:
@@ -82,31 +129,8 @@ class LocalShardBackend:
     def has(self, cid: str) -> bool:
         return self._path(cid).exists()
 
-    def put(self, cid: str, data: bytes) -> bool:
-        if cid_for(data) != cid:
-            raise IntegrityError("shard does not match its identifier", code="CID_MISMATCH")
-        return self._write(cid, data)
-
-    def add(self, data: bytes) -> tuple[str, bool]:
-        """Store ``data`` under its own CID; return ``(cid, newly_written)``."""
-        cid = cid_for(data)
-        return cid, self._write(cid, data)
-
-    def _write(self, cid: str, data: bytes) -> bool:
-        """Write a verified shard. Returns False when a good copy was already stored;
-        a stored copy that fails its hash is replaced (repaired), also returning False
-        so that a failed upload never deletes a shard an earlier record uses."""
-        path = self._path(cid)
-        if path.exists():
-            try:
-                if cid_for(path.read_bytes()) == cid:
-                    return False
-            except OSError:
-                pass
-            self._replace(path, data)
-            return False
-        self._replace(path, data)
-        return True
+    def _store(self, cid: str, data: bytes) -> None:
+        self._replace(self._path(cid), data)
 
     def _replace(self, path: Path, data: bytes) -> None:
         """Write ``data`` to a fresh temp file beside ``path`` and rename it into place
@@ -136,15 +160,11 @@ class LocalShardBackend:
             tmp.unlink(missing_ok=True)
             raise
 
-    def get(self, cid: str, *, verify: bool = True) -> bytes:
-        path = self._path(cid)
+    def _load(self, cid: str) -> bytes:
         try:
-            data = path.read_bytes()
+            return self._path(cid).read_bytes()
         except FileNotFoundError:
             raise NotFound("shard is not stored here", code="SHARD_NOT_FOUND")
-        if verify and cid_for(data) != cid:
-            raise IntegrityError("stored shard is corrupt (hash mismatch)", code="SHARD_CORRUPT")
-        return data
 
     def delete(self, cid: str) -> None:
         try:

@@ -32,15 +32,15 @@ import msgspec
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from medledger.crypto.cid import cid_for, is_cid
+from medledger.crypto.cid import is_cid
 from medledger.errors import (
-    IntegrityError,
     InvalidInput,
     MedLedgerError,
     NodeError,
     NotFound,
     Unavailable,
 )
+from medledger.storage.backend import ContentAddressedStore
 
 T = TypeVar("T")
 
@@ -165,7 +165,7 @@ def _public_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
 
 
-class S3ShardBackend:
+class S3ShardBackend(ContentAddressedStore):
     """Shards as objects ``<prefix><cid>`` in one bucket of an S3-compatible store.
 
     Thread-safe: one boto3 client (which is thread-safe) with a connection pool of
@@ -213,22 +213,6 @@ class S3ShardBackend:
             return False
         return True
 
-    def put(self, cid: str, data: bytes) -> bool:
-        if cid_for(data) != cid:
-            raise IntegrityError("shard does not match its identifier", code="CID_MISMATCH")
-        return self._write(cid, data)
-
-    def add(self, data: bytes) -> tuple[str, bool]:
-        """Store ``data`` under its own CID; return ``(cid, newly_written)``."""
-        cid = cid_for(data)
-        return cid, self._write(cid, data)
-
-    def get(self, cid: str, *, verify: bool = True) -> bytes:
-        data = self._read(self._key(cid))
-        if verify and cid_for(data) != cid:
-            raise IntegrityError("stored shard is corrupt (hash mismatch)", code="SHARD_CORRUPT")
-        return data
-
     def delete(self, cid: str) -> None:
         """Remove ``cid``; S3 DELETE of an absent key succeeds, so this is idempotent."""
         key = self._key(cid)
@@ -251,18 +235,11 @@ class S3ShardBackend:
             raise InvalidInput("not a shard identifier", code="BAD_CID")
         return self.prefix + cid
 
-    def _write(self, cid: str, data: bytes) -> bool:
-        """Upload a verified shard. Returns False when a good copy was already stored; a
-        stored copy that fails its hash is replaced (repaired), also returning False, so
-        that a failed upload never deletes a shard an earlier record uses."""
+    def _load(self, cid: str) -> bytes:
+        return self._read(self._key(cid))
+
+    def _store(self, cid: str, data: bytes) -> None:
         key = self._key(cid)
-        existed = self.has(cid)
-        if existed:
-            try:
-                if cid_for(self._read(key)) == cid:
-                    return False
-            except NotFound:
-                pass  # deleted between HEAD and GET: write it again, as a repair
         self._call(
             lambda: self._client.put_object(
                 Bucket=self.bucket,
@@ -271,7 +248,6 @@ class S3ShardBackend:
                 ContentType="application/octet-stream",
             )
         )
-        return not existed
 
     def _read(self, key: str) -> bytes:
         def fetch() -> bytes:
