@@ -478,3 +478,21 @@ def test_s3_backend_reads_survive_two_losses_and_audit_repairs(
     wait_for(lambda: objects() == before or None, 10, "every object of it to be removed")
     st = storage(c, "hospital-a", "status")
     assert all(s["healthy"] and s["backend"].startswith("s3:") for s in st["services"])
+
+
+def test_bad_erasure_parameters_are_refused_and_store_nothing(quad: Consortium, cast: Cast) -> None:
+    c = quad
+    before = shard_files(c)
+    frames = [framing.frame(framing.CHUNK, os.urandom(CHUNK_SIZE + 16))]
+    for query, code in (
+        ("k=3&m=2", "NOT_ENOUGH_SERVICES"),  # five institutions needed, four exist
+        ("k=0&m=2", "BAD_ERASURE_PARAMS"),
+        ("k=2&m=5", "BAD_ERASURE_PARAMS"),
+    ):
+        path = f"/api/v1/storage/objects?{query}"
+        headers = signing.sign_request(
+            cast.clinician.key, "POST", path, time.time_ns() // 1_000_000, signing.UNSIGNED
+        )
+        resp = httpx.post(api(c, "hospital-a") + path, content=iter(frames), headers=headers)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == code, query
+    assert shard_files(c) == before
