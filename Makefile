@@ -36,6 +36,8 @@ bench: install
 	$(PY) bench/run.py
 	$(PY) bench/consortium.py
 	$(PY) bench/storage.py
+	$(PY) bench/audit.py
+	$(PY) bench/access.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,10 @@
 """A Python client of the node API: signs requests and transactions, streams content.
 
 Used by the CLI, the tests and the benchmarks. Record content is encrypted
-here, on the client, before it leaves the machine; the data key goes only to
-the custodian, sealed to the custodian's key.
+here, on the client, before it leaves the machine. Its data key never leaves
+the client whole: it is split into Shamir shares, one sealed to each custodian
+institution's node key, any ``threshold`` of which rebuild it; a read gets
+``threshold`` shares sealed to the reader and combines them in memory.
 """
 
 from __future__ import annotations
@@ -23,22 +25,38 @@ import msgspec
 
 from medledger.api import signing
 from medledger.app.model import (
+    ACTOR_IDENTITY,
+    ACTOR_INSTITUTION,
+    END_CARE,
     ENROLL,
+    ERASE_APPROVE,
+    ERASE_REQUEST,
+    GRANT_CONSENT,
     PROPOSE_MEMBER,
     READ_RECORD,
     REGISTER_RECORD,
+    REVOKE_CONSENT,
+    SET_PROXY,
+    START_CARE,
     SUSPEND,
     VOTE_MEMBER,
+    CareBody,
     EnrollBody,
+    EraseApproveBody,
+    EraseRequestBody,
+    GrantConsentBody,
     ProposeMemberBody,
     ReadRecordBody,
     RegisterRecordBody,
+    RevokeConsentBody,
+    SetProxyBody,
     VoteMemberBody,
 )
-from medledger.codec import encode
+from medledger.codec import decode, encode
 from medledger.crypto.aead import new_data_key
 from medledger.crypto.cid import cid_for
-from medledger.crypto.keys import PrivateKey, PublicKey, seal_to, unseal
+from medledger.crypto.keys import PrivateKey, PublicKey, is_identity_id, seal_to, unseal
+from medledger.custody.shamir import KeyShare, combine_key, split_key
 from medledger.errors import IntegrityError, MedLedgerError, Unavailable, from_wire
 from medledger.ledger.tx import make_tx
 from medledger.storage import framing
@@ -60,6 +78,9 @@ class PutResult:
     m: int = 0
     placement: list[str] = field(default_factory=list)
     stored_bytes: int = 0
+    custodians: list[str] = field(default_factory=list)  # key-share holders, share x = i + 1
+    threshold: int = 1  # shares that rebuild the key
+    deidentified: bool = False
 
 
 class Client:
@@ -225,6 +246,59 @@ class Client:
         doc: dict[str, Any] = self.get_json(f"/api/v1/identities/{identity_id}")
         return doc
 
+    # ---- consent, care, proxies, erasure -------------------------------------------------------
+
+    def grant_consent(
+        self,
+        actor: str,
+        purposes: list[str],
+        *,
+        patient: str | None = None,
+        record_ids: list[str] | None = None,
+        types: list[str] | None = None,
+        start_ms: int = 0,
+        end_ms: int = 0,
+        permit: bool = True,
+    ) -> dict[str, Any]:
+        """Grant (or, with ``permit=False``, deny) ``actor`` (an identity ID or an
+        institution name) access to ``patient``'s records (default: the caller's own)."""
+        body = GrantConsentBody(
+            patient=patient or self.key.id,
+            actor_kind=ACTOR_IDENTITY if is_identity_id(actor) else ACTOR_INSTITUTION,
+            actor=actor,
+            purposes=sorted(set(purposes)),
+            record_ids=sorted(set(record_ids or [])),
+            types=sorted(set(types or [])),
+            start_ms=start_ms,
+            end_ms=end_ms,
+            permit=permit,
+        )
+        return self.submit(GRANT_CONSENT, body)
+
+    def revoke_consent(self, consent_id: str) -> dict[str, Any]:
+        return self.submit(REVOKE_CONSENT, RevokeConsentBody(consent_id=consent_id))
+
+    def consents(self, patient: str) -> list[dict[str, Any]]:
+        return list(self.get_json("/api/v1/consents", patient=patient)["consents"])
+
+    def start_care(self, patient: str, clinician: str, kind: str = "admission") -> dict[str, Any]:
+        return self.submit(START_CARE, CareBody(patient=patient, clinician=clinician, kind=kind))
+
+    def end_care(self, patient: str, clinician: str) -> dict[str, Any]:
+        return self.submit(END_CARE, CareBody(patient=patient, clinician=clinician, kind=""))
+
+    def care(self, patient: str) -> list[dict[str, Any]]:
+        return list(self.get_json("/api/v1/care", patient=patient)["relationships"])
+
+    def set_proxy(self, proxy: str, active: bool = True) -> dict[str, Any]:
+        return self.submit(SET_PROXY, SetProxyBody(proxy=proxy, active=active))
+
+    def request_erasure(self, record_id: str, reason: str) -> dict[str, Any]:
+        return self.submit(ERASE_REQUEST, EraseRequestBody(record_id=record_id, reason=reason))
+
+    def approve_erasure(self, record_id: str) -> dict[str, Any]:
+        return self.submit(ERASE_APPROVE, EraseApproveBody(record_id=record_id))
+
     # ---- records ----------------------------------------------------------------------------------
 
     def put_record(
@@ -237,6 +311,7 @@ class Client:
         progress: Progress | None = None,
         k: int | None = None,
         m: int | None = None,
+        deidentified: bool = False,
     ) -> PutResult:
         """Encrypt a file here, store it erasure-coded and register it on the ledger."""
         with open(path, "rb") as fh:
@@ -249,7 +324,32 @@ class Client:
                 progress=progress,
                 k=k,
                 m=m,
+                deidentified=deidentified,
             )
+
+    def custodians(self) -> dict[str, Any]:
+        """``{"threshold_pct", "custodians": [{"institution", "public_key", "reachable"}]}``:
+        the institutions that may hold key shares, as the node sees them now."""
+        doc: dict[str, Any] = self.get_json("/api/v1/custody/custodians")
+        return doc
+
+    def custody_plan(self) -> tuple[list[str], list[PublicKey], int]:
+        """Who gets a key share (every reachable custodian, in the node's order) and the
+        threshold: at least ``threshold_pct`` % of them. Refused (``CUSTODIANS_UNREACHABLE``)
+        when fewer are reachable than that share of all custodians."""
+        doc = self.custodians()
+        pct = int(doc["threshold_pct"])
+        every = list(doc["custodians"])
+        reachable = [c for c in every if c["reachable"]]
+        if not every or len(reachable) < _least(pct, len(every)):
+            raise Unavailable(
+                f"{len(reachable)} of {len(every)} key custodians are reachable from the node; "
+                f"{_least(pct, len(every))} are needed to store a record",
+                code="CUSTODIANS_UNREACHABLE",
+            )
+        names = [str(c["institution"]) for c in reachable]
+        keys = [PublicKey.from_hex(str(c["public_key"])) for c in reachable]
+        return names, keys, _least(pct, len(reachable))
 
     def put_stream(
         self,
@@ -262,14 +362,15 @@ class Client:
         progress: Progress | None = None,
         k: int | None = None,
         m: int | None = None,
+        deidentified: bool = False,
     ) -> PutResult:
         """Encrypt ``size`` bytes of ``src`` (streamed, constant memory), have the node
         spread them over k+m institutions (defaults: the node's choice), check the
-        manifest it built lists exactly these chunks, deposit the key, register."""
+        manifest it built lists exactly these chunks, deposit the key's shares (one
+        sealed to each reachable custodian), register."""
+        custodians, custodian_keys, threshold = self.custody_plan()  # before any upload
         key = new_data_key()
         refs: list[ChunkRef] = []
-        status = self.status()
-        custodian = PublicKey.from_hex(status["custodian_public_key"])
 
         def body() -> Iterator[bytes]:
             for cid, ct in encrypt_stream(src, size, key, chunk_size):
@@ -292,10 +393,18 @@ class Client:
             raise IntegrityError(
                 "the node's manifest does not match the uploaded chunks", code="MANIFEST_MISMATCH"
             )
+        shares = split_key(key, threshold, len(custodians))
         self._request(
             "POST",
             "/api/v1/custody/deposits",
-            json_body={"manifest_cid": manifest_cid, "sealed_key": seal_to(custodian, key).hex()},
+            json_body={
+                "manifest_cid": manifest_cid,
+                "threshold": threshold,
+                "shares": [
+                    {"institution": name, "sealed_share": seal_to(pk, encode(share)).hex()}
+                    for name, pk, share in zip(custodians, custodian_keys, shares, strict=True)
+                ],
+            },
         )
         receipt = self.submit(
             REGISTER_RECORD,
@@ -309,7 +418,9 @@ class Client:
                 k=manifest.k,
                 m=manifest.m,
                 placement=manifest.placement,
-                custodian=str(stored["custodian"]),
+                custodians=custodians,
+                threshold=threshold,
+                deidentified=deidentified,
             ),
         )
         return PutResult(
@@ -323,11 +434,42 @@ class Client:
             m=manifest.m,
             placement=manifest.placement,
             stored_bytes=manifest.stored_bytes(),
+            custodians=custodians,
+            threshold=threshold,
+            deidentified=deidentified,
         )
 
-    def request_read(self, record_id: str, purpose: str = "treatment") -> dict[str, Any]:
-        """Commit the access event for a read; raises ACCESS_DENIED if the chain denies it."""
-        return self.submit(READ_RECORD, ReadRecordBody(record_id=record_id, purpose=purpose))
+    def request_read(
+        self,
+        record_id: str,
+        purpose: str = "treatment",
+        *,
+        break_glass: bool = False,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Commit the access event for a read; raises ACCESS_DENIED if the chain denies it.
+        ``break_glass`` (clinicians, with a ``reason``): an emergency read, flagged."""
+        return self.submit(
+            READ_RECORD,
+            ReadRecordBody(
+                record_id=record_id, purpose=purpose, break_glass=break_glass, reason=reason
+            ),
+        )
+
+    def release_key(self, record_id: str, access_tx: str) -> tuple[str, bytes]:
+        """``(manifest CID, data key)`` of a record: the key rebuilt in memory from
+        ``threshold`` key shares that its custodians released (each sealed to this
+        client) for the committed read ``access_tx``. Never written anywhere."""
+        released = self._request(
+            "POST",
+            "/api/v1/custody/release",
+            json_body={"record_id": record_id, "access_tx": access_tx},
+        ).json()
+        shares = [
+            decode(unseal(self.key, bytes.fromhex(str(s["sealed_share"]))), KeyShare)
+            for s in released["shares"]
+        ]
+        return str(released["manifest_cid"]), combine_key(shares)
 
     def get_record(
         self,
@@ -337,17 +479,17 @@ class Client:
         purpose: str = "treatment",
         progress: Progress | None = None,
         on_size: Callable[[int], None] | None = None,
+        break_glass: bool = False,
+        reason: str = "",
     ) -> dict[str, Any]:
-        """Log the read on chain, get the key from custody, stream, verify and decrypt."""
-        receipt = self.request_read(record_id, purpose)
+        """Log the read on chain, rebuild the key from its custodians' shares (in memory),
+        stream, verify and decrypt. Nothing is written to ``out`` unless all of that
+        succeeds."""
+        receipt = self.request_read(record_id, purpose, break_glass=break_glass, reason=reason)
         access_tx = receipt["tx_hash"]
-        expected_cid = str(self.record(record_id)["content_hash"])
-        released = self._request(
-            "POST",
-            "/api/v1/custody/release",
-            json_body={"record_id": record_id, "access_tx": access_tx},
-        ).json()
-        key = unseal(self.key, bytes.fromhex(released["sealed_key"]))
+        # the manifest CID comes with the shares: a reader allowed by consent or care
+        # may not see the record's metadata listing (another institution's record)
+        expected_cid, key = self.release_key(record_id, access_tx)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
         resp = self._request(
             "GET",
@@ -392,6 +534,27 @@ class Client:
 
     def audit_proof(self, subject: str) -> bytes:
         return self._request("GET", "/api/v1/audit/proof", params={"subject": subject}).content
+
+    # ---- regulator -------------------------------------------------------------------------------
+
+    def regulator_alerts(
+        self, kind: str | None = None, since_height: int | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Alerts raised on chain, newest first: ``{"alerts": [...], "truncated"}``."""
+        params: dict[str, Any] = {}
+        if kind:
+            params["kind"] = kind
+        if since_height is not None:
+            params["since_height"] = since_height
+        if limit is not None:
+            params["limit"] = limit
+        doc: dict[str, Any] = self.get_json("/api/v1/regulator/alerts", **params)
+        return doc
+
+    def regulator_stats(self) -> dict[str, Any]:
+        """Read and write counters aggregated per institution, record type, purpose."""
+        doc: dict[str, Any] = self.get_json("/api/v1/regulator/stats")
+        return doc
 
 
 def _raw_pieces(resp: httpx.Response) -> Iterator[bytes]:
@@ -461,6 +624,11 @@ def _receive_record(
     if decryptor is None or index != len(decryptor.manifest.chunks) or parser.pending:
         raise IntegrityError("the node's stream ended early", code="DOWNLOAD_TRUNCATED")
     return decryptor.manifest.size
+
+
+def _least(pct: int, n: int) -> int:
+    """Key shares needed of ``n`` custodians: at least ``pct`` % (as ``check_custody``)."""
+    return max(1, -(-n * pct // 100))
 
 
 def _suspend_body(identity_id: str, reason: str) -> Any:

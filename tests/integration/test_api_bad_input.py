@@ -429,7 +429,8 @@ def test_unknown_patient_is_not_echoed(
             k=1,
             m=0,
             placement=["hospital-a"],
-            custodian="hospital-a",
+            custodians=["hospital-a"],
+            threshold=1,
         ),
     )
     with unchanged(c):

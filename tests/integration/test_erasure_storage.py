@@ -143,7 +143,8 @@ def test_layout_spreads_columns_and_no_institution_holds_a_copy(
     assert (p.k, p.m) == (2, 2) and sorted(p.placement) == NAMES
     assert p.stored_bytes == pytest.approx(2 * len(data), rel=0.02)  # (k+m)/k overhead
     meta = record_meta(c, cast, p.record_id)
-    assert meta["placement"] == p.placement and meta["custodian"] == "hospital-a"
+    assert meta["placement"] == p.placement and meta["custodians"] == NAMES
+    assert meta["threshold"] == 3
     man = manifest_of(c, "hospital-a", p.manifest_cid)
     assert meta["shard_root"] == man.shard_root.hex() and man.stripes == 3
     for column, name in enumerate(p.placement):
@@ -195,7 +196,7 @@ def test_read_with_one_node_down_and_another_shards_deleted(quad: Consortium, ca
     data = os.urandom(3 * CHUNK_SIZE)
     p = put(c, cast, data)
     wait_converged(c, NAMES, p.height)
-    # stop the node holding a data column (never A: it is the key's custodian) ...
+    # stop the node holding a data column (never A: the node the reads go through) ...
     down = next(n for n in p.placement[:2] if n != "hospital-a")
     lost = next(n for n in p.placement if n not in (down, "hospital-a"))
     sigkill(status_by_name(c)[down]["pid"])

@@ -23,9 +23,11 @@ import pytest
 
 from medledger.api import signing
 from medledger.app.model import REGISTER_RECORD, RegisterRecordBody
+from medledger.codec import encode
 from medledger.crypto.aead import new_data_key
 from medledger.crypto.cid import cid_for
 from medledger.crypto.keys import PublicKey, seal_to
+from medledger.custody.shamir import split_key
 from medledger.ledger.tx import make_tx
 from medledger.storage import framing
 from medledger.storage.crypt import build_content_manifest, encrypt_stream
@@ -104,7 +106,6 @@ def register_tx(
         "k": 1,
         "m": 0,
         "placement": ["hospital-a"],
-        "custodian": "hospital-a",
     }
     return make_tx(
         who.key,
@@ -121,16 +122,23 @@ def register_tx(
             k=doc["k"],
             m=doc["m"],
             placement=doc["placement"],
-            custodian=doc["custodian"],
+            custodians=["hospital-a"],
+            threshold=1,
         ),
     )
 
 
 def deposit(c: Consortium, who: Identity, s: Sealed, manifest_cid: str) -> httpx.Response:
-    custodian = PublicKey.from_hex(
-        httpx.get(c.api + "/api/v1/status").json()["custodian_public_key"]
-    )
-    doc = {"manifest_cid": manifest_cid, "sealed_key": seal_to(custodian, s.key).hex()}
+    """Deposit ``s``'s key as the one share of a 1-of-1 custody at hospital-a."""
+    with c.client(who) as cl:
+        (custodian,) = cl.custodians()["custodians"]
+    share = split_key(s.key, 1, 1)[0]
+    sealed = seal_to(PublicKey.from_hex(custodian["public_key"]), encode(share))
+    doc = {
+        "manifest_cid": manifest_cid,
+        "threshold": 1,
+        "shares": [{"institution": custodian["institution"], "sealed_share": sealed.hex()}],
+    }
     body = json.dumps(doc).encode()
     with c.http() as http:
         return http.post(

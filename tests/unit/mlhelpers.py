@@ -13,6 +13,7 @@ from medledger.app.model import (
     READ_RECORD,
     REGISTER_RECORD,
     EnrollBody,
+    GrantConsentBody,
     ReadRecordBody,
     RegisterRecordBody,
 )
@@ -56,11 +57,15 @@ def validator(name: str, power: int = 1) -> Validator:
 
 def make_genesis(
     institutions: Sequence[str] = ("alpha", "beta"),
-    validators: Sequence[str] = ("val0",),
+    validators: Sequence[str] | None = None,
     *,
     chain_id: str = CHAIN_ID,
     params: ChainParams | None = None,
 ) -> Genesis:
+    """A genesis; every institution runs a validator unless ``validators`` names them
+    (record custodians must be validator institutions)."""
+    if validators is None:
+        validators = institutions
     return Genesis(
         chain_id=chain_id,
         genesis_time_ms=GENESIS_TIME_MS,
@@ -113,10 +118,37 @@ def register_body(patient: str, **overrides: Any) -> RegisterRecordBody:
         "k": 1,
         "m": 0,
         "placement": ["alpha"],
-        "custodian": "alpha",
+        "custodians": ["alpha"],
+        "threshold": 1,
     }
     fields.update(overrides)
     return RegisterRecordBody(**fields)
+
+
+def grant_body(
+    patient: str,
+    actor: str,
+    purposes: Sequence[str] = ("treatment",),
+    *,
+    kind: str = "identity",
+    record_ids: Sequence[str] = (),
+    types: Sequence[str] = (),
+    start_ms: int = 0,
+    end_ms: int = 0,
+    permit: bool = True,
+) -> GrantConsentBody:
+    """A consent.grant body; lists are taken as given (sorted or not)."""
+    return GrantConsentBody(
+        patient=patient,
+        actor_kind=kind,
+        actor=actor,
+        purposes=list(purposes),
+        record_ids=list(record_ids),
+        types=list(types),
+        start_ms=start_ms,
+        end_ms=end_ms,
+        permit=permit,
+    )
 
 
 class Chain:
@@ -192,8 +224,19 @@ class Chain:
     def register(self, author: PrivateKey, patient: PrivateKey, **overrides: Any) -> TxResult:
         return self.run(author, REGISTER_RECORD, register_body(patient.id, **overrides))
 
-    def read(self, reader: PrivateKey, record_id: str, purpose: str = "treatment") -> TxResult:
-        return self.run(reader, READ_RECORD, ReadRecordBody(record_id=record_id, purpose=purpose))
+    def read(
+        self,
+        reader: PrivateKey,
+        record_id: str,
+        purpose: str = "treatment",
+        *,
+        break_glass: bool = False,
+        reason: str = "",
+    ) -> TxResult:
+        body = ReadRecordBody(
+            record_id=record_id, purpose=purpose, break_glass=break_glass, reason=reason
+        )
+        return self.run(reader, READ_RECORD, body)
 
 
 def make_header(
@@ -239,15 +282,17 @@ def make_commit(
 
 
 class World:
-    """A chain with two institutions and one identity of every role.
+    """A chain with two institutions (both validators) and one identity of every role.
 
-    alpha: admin, clinician, service, patient, patient2, researcher, regulator,
-    pharmacy, insurer, admin2 (a second admin); beta: admin, clinician, service,
-    patient. ``record_id`` is a record of alpha's patient written by alpha's clinician.
+    alpha: admin, clinician, clinician2, service, patient, patient2, researcher,
+    regulator, pharmacy, insurer, admin2 (a second admin); beta: admin, clinician,
+    clinician2, service, patient. ``record_id`` is a record of alpha's patient written
+    by alpha's clinician (custodians ["alpha"], threshold 1).
     """
 
     ALPHA_ROLES = (
         "clinician",
+        "clinician2",
         "service",
         "patient",
         "patient2",
@@ -257,10 +302,10 @@ class World:
         "insurer",
         "admin2",
     )
-    BETA_ROLES = ("clinician", "service", "patient")
+    BETA_ROLES = ("clinician", "clinician2", "service", "patient")
 
-    def __init__(self) -> None:
-        self.chain = Chain()
+    def __init__(self, genesis: Genesis | None = None) -> None:
+        self.chain = Chain(genesis)
         self.keys: dict[str, PrivateKey] = {
             "alpha.admin": admin_key("alpha"),
             "beta.admin": admin_key("beta"),

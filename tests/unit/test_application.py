@@ -21,11 +21,16 @@ from mlhelpers import (
 from medledger.app.application import Application, BlockContext
 from medledger.app.model import (
     ACTIVE,
+    ALERT_DENIED,
     ENROLL,
+    PURPOSES,
     READ_RECORD,
     REGISTER_RECORD,
+    REGULATOR_SUBJECT,
+    START_CARE,
     SUSPEND,
     SUSPENDED,
+    CareBody,
     EnrollBody,
     Identity,
     Institution,
@@ -33,11 +38,13 @@ from medledger.app.model import (
     RecordMeta,
     SuspendBody,
     is_record_id,
+    k_access_rate,
     k_identity,
     k_institution,
     k_nonce,
     k_patient_record,
     k_record,
+    k_stats,
     record_id_for,
 )
 from medledger.codec import decode, encode
@@ -441,7 +448,9 @@ def test_register_permissions(world: World, author: str, patient: str, ok: bool)
         k=1,
         m=0,
         placement=["alpha"],
-        custodian="alpha",
+        custodians=["alpha"],
+        threshold=1,
+        deidentified=False,
         institution=author_ident.institution,
         creator=world[author].id,
         created_ms=chain.time_ms,
@@ -478,7 +487,13 @@ def test_register_permissions(world: World, author: str, patient: str, ok: bool)
         ({"placement": []}, "BAD_PLACEMENT"),
         ({"placement": ["alpha", "alpha"], "m": 1}, "BAD_PLACEMENT"),
         ({"placement": ["nowhere"]}, "BAD_PLACEMENT"),
-        ({"custodian": "nowhere"}, "BAD_PLACEMENT"),
+        ({"custodians": []}, "BAD_CUSTODY"),
+        ({"custodians": ["nowhere"]}, "BAD_CUSTODY"),  # not an institution
+        ({"custodians": ["alpha", "alpha"], "threshold": 2}, "BAD_CUSTODY"),  # duplicate
+        ({"custodians": ["alpha", "beta"], "threshold": 1}, "BAD_CUSTODY"),  # < 67% of 2
+        ({"custodians": ["alpha"], "threshold": 0}, "BAD_CUSTODY"),
+        ({"custodians": ["alpha"], "threshold": 2}, "BAD_CUSTODY"),  # more than n
+        ({"custodians": ["alpha", "beta"], "threshold": 3}, "BAD_CUSTODY"),
         ({"shard_root": b"short"}, "TX_MALFORMED"),
     ],
 )
@@ -492,6 +507,53 @@ def test_register_validation(world: World, override: dict, code: str) -> None:  
     assert res.code == code and res.events == []
     changed = {k for k in set(before) | set(chain.state) if before.get(k) != chain.state.get(k)}
     assert changed == {k_nonce(doc.id)}
+
+
+def test_register_custodian_must_be_a_validator_institution() -> None:
+    # gamma is a member institution but runs no validator: it holds no key shares
+    chain = Chain(make_genesis(("alpha", "beta", "gamma"), ("alpha", "beta")))
+    doc, patient = key("doc"), key("pat")
+    chain.enroll(ALPHA, doc, "clinician")
+    chain.enroll(ALPHA, patient, "patient")
+    res = chain.register(doc, patient, custodians=["gamma"])
+    assert res.code == "BAD_CUSTODY" and "gamma" in res.message
+    assert chain.register(doc, patient, placement=["gamma"]).ok  # shards may live there
+    res = chain.register(doc, patient, custodians=["alpha", "beta"], threshold=2)
+    assert res.ok
+    meta = chain.app.query_record(res.data["record_id"])
+    assert meta is not None and (meta.custodians, meta.threshold) == (["alpha", "beta"], 2)
+
+
+@pytest.mark.parametrize(
+    ("n", "least"),
+    [(1, 1), (2, 2), (3, 3), (4, 3), (5, 4), (6, 5), (7, 5)],  # ceil(67% of n)
+)
+def test_register_custody_threshold_bounds(n: int, least: int) -> None:
+    names = [f"inst{i}" for i in range(n)]
+    chain = Chain(make_genesis(names))
+    doc, patient = key("doc"), key("pat")
+    chain.enroll(admin_key("inst0"), doc, "clinician")
+    chain.enroll(admin_key("inst0"), patient, "patient")
+    placement = ["inst0"]
+    assert (
+        chain.register(
+            doc, patient, placement=placement, custodians=names, threshold=least - 1
+        ).code
+        == "BAD_CUSTODY"
+    )
+    assert chain.register(doc, patient, placement=placement, custodians=names, threshold=least).ok
+    assert chain.register(doc, patient, placement=placement, custodians=names, threshold=n).ok
+    assert (
+        chain.register(doc, patient, placement=placement, custodians=names, threshold=n + 1).code
+        == "BAD_CUSTODY"
+    )
+
+
+def test_register_deidentified_flag(world: World) -> None:
+    res = world.chain.register(world["alpha.clinician"], world["alpha.patient"], deidentified=True)
+    assert res.ok
+    meta = world.chain.app.query_record(res.data["record_id"])
+    assert meta is not None and meta.deidentified and meta.erased_height == 0
 
 
 def test_register_unknown_patient(world: World) -> None:
@@ -515,9 +577,12 @@ def test_register_edge_values(world: World) -> None:
 
 # ---- reads ---------------------------------------------------------------------------------------
 
+# world.record_id: alpha.patient's record, written by alpha.clinician. Without consents,
+# care relationships or break-glass only the patient, the author and alpha's services read.
 READERS = {
     "alpha.patient": True,
-    "alpha.clinician": True,
+    "alpha.clinician": True,  # the author
+    "alpha.clinician2": False,  # same institution, but neither author nor in care
     "alpha.service": True,
     "alpha.patient2": False,
     "alpha.researcher": False,
@@ -526,6 +591,7 @@ READERS = {
     "alpha.insurer": False,
     "alpha.admin": False,
     "beta.clinician": False,
+    "beta.clinician2": False,
     "beta.service": False,
     "beta.patient": False,
     "beta.admin": False,
@@ -543,8 +609,14 @@ def test_read_decisions(world: World, reader: str) -> None:
     res = chain.block([stx]).results[0]
     assert res.code == ("OK" if allowed else "ACCESS_DENIED")
     outcome = "allowed" if allowed else "denied"
-    assert res.data == {"record_id": world.record_id, "outcome": outcome}
-    assert len(res.events) == 1
+    assert res.data["outcome"] == outcome
+    assert res.data == {
+        "record_id": world.record_id,
+        "outcome": outcome,
+        "rule": res.data["rule"],
+        "break_glass": "0",
+    }
+    assert res.data["rule"]
     ev = res.events[0]
     assert (ev.action, ev.actor, ev.subject, ev.record_id, ev.outcome) == (
         "read",
@@ -554,11 +626,23 @@ def test_read_decisions(world: World, reader: str) -> None:
         outcome,
     )
     assert ev.detail.startswith("purpose=treatment; ")
+    if allowed:
+        assert len(res.events) == 1
+    else:
+        # a denial names its rule and is raised to the regulator
+        assert res.message.startswith(res.data["rule"] + ": ")
+        assert [(e.action, e.subject, e.outcome) for e in res.events[1:]] == [
+            ("alert", REGULATOR_SUBJECT, ALERT_DENIED)
+        ]
     assert chain.app.next_nonce(k.id) == stx.tx.nonce + 1
     changed = {
         key_ for key_ in set(before) | set(chain.state) if before.get(key_) != chain.state.get(key_)
     }
-    assert changed == {k_nonce(k.id)}
+    # the nonce, the reader's access-rate window and one statistics counter
+    ident = chain.app.query_identity(k.id)
+    assert ident is not None
+    stats = k_stats("read", ident.institution, "imaging.ct", "treatment", outcome)
+    assert changed == {k_nonce(k.id), k_access_rate(k.id), stats}
 
 
 def test_read_validation(world: World) -> None:
@@ -577,22 +661,35 @@ def test_read_validation(world: World) -> None:
         assert res.code == code and res.events == []
 
 
-@pytest.mark.parametrize(
-    "purpose", sorted(["treatment", "patient-access", "research", "insurance", "referral", "audit"])
-)
+@pytest.mark.parametrize("purpose", sorted(PURPOSES))
 def test_read_purposes(world: World, purpose: str) -> None:
     res = world.chain.read(world["alpha.patient"], world.record_id, purpose)
     assert res.ok and res.events[0].detail.startswith(f"purpose={purpose}; ")
 
 
-def test_record_of_other_institution_visible_to_its_clinicians(world: World) -> None:
+def test_record_of_other_institution_visible_to_its_author_and_services(world: World) -> None:
     chain = world.chain
     res = chain.register(world["beta.clinician"], world["alpha.patient"])
     assert res.ok
     rid = res.data["record_id"]
-    assert chain.read(world["beta.service"], rid).ok
+    assert chain.read(world["beta.clinician"], rid).ok  # the author
+    assert chain.read(world["beta.service"], rid).ok  # the institution's services
     assert chain.read(world["alpha.patient"], rid).ok
-    assert chain.read(world["alpha.clinician"], rid).code == "ACCESS_DENIED"
+    assert chain.read(world["alpha.service"], rid).code == "ACCESS_DENIED"
+    # clinicians neither authoring nor in care: not even the patient's own institution's
+    for reader in ("alpha.clinician", "beta.clinician2"):
+        res = chain.read(world[reader], rid)
+        assert res.code == "ACCESS_DENIED" and res.data["rule"] == "not_in_care"
+
+
+def test_same_institution_clinician_reads_in_care(world: World) -> None:
+    chain = world.chain
+    doc2 = world["alpha.clinician2"]
+    assert chain.read(doc2, world.record_id).data["rule"] == "not_in_care"
+    body = CareBody(patient=world["alpha.patient"].id, clinician=doc2.id, kind="admission")
+    assert chain.run(world["alpha.admin"], START_CARE, body).ok
+    res = chain.read(doc2, world.record_id)
+    assert res.ok and res.data["rule"] == "care_relationship"
 
 
 def test_block_mixing_results(world: World) -> None:
@@ -743,7 +840,7 @@ def test_determinism_and_incremental_hash(blocks: list[list[tuple[str, str, str,
         for r in fa.results:
             # every failure leaves no events; denied reads are the one included failure with one
             if r.code == "ACCESS_DENIED":
-                assert [e.outcome for e in r.events] == ["denied"]
+                assert [e.outcome for e in r.events] == ["denied", ALERT_DENIED]
             elif not r.ok:
                 assert r.events == [] and r.data == {}
             else:

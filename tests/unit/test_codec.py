@@ -108,7 +108,8 @@ def test_unsorted_and_duplicate_map_keys_are_non_canonical() -> None:
 def test_omitted_default_fields_are_non_canonical() -> None:
     params = ChainParams()
     data = encode(params)
-    short = bytes([data[0] - 1]) + data[1:-1]  # drop the last field (16: one byte)
+    last = len(encode(msgspec.structs.astuple(params)[-1]))
+    short = bytes([data[0] - 1]) + data[1:-last]  # drop the last field (a default)
     assert msgspec.msgpack.decode(short, type=ChainParams) == params
     with pytest.raises(DecodeError) as exc:
         decode_canonical(short, ChainParams)

@@ -1,4 +1,4 @@
-"""custody: the local custodian and the release gate."""
+"""custody: the local custodian of key shares, and the release gate."""
 
 from __future__ import annotations
 
@@ -6,12 +6,31 @@ import stat
 from pathlib import Path
 
 import pytest
-from mlhelpers import World, key
+from mlhelpers import World, grant_body, key
 
-from medledger.app.model import READ_RECORD, ReadRecordBody
+from medledger.app.access import Decision
+from medledger.app.model import (
+    ERASE_APPROVE,
+    ERASE_REQUEST,
+    GRANT_CONSENT,
+    READ_RECORD,
+    REVOKE_CONSENT,
+    EraseApproveBody,
+    EraseRequestBody,
+    ReadRecordBody,
+    RevokeConsentBody,
+)
+from medledger.codec import decode, encode
 from medledger.crypto.cid import cid_for
 from medledger.crypto.keys import seal_to, unseal
-from medledger.custody import AccessProof, LocalCustodian, check_release
+from medledger.custody import (
+    AccessProof,
+    KeyShare,
+    LocalCustodian,
+    check_decision,
+    check_release,
+    split_key,
+)
 from medledger.errors import AuthError, Conflict, Forbidden, InvalidInput, MedLedgerError, NotFound
 from medledger.ledger.block import TxResult
 from medledger.ledger.tx import Tx
@@ -20,6 +39,8 @@ NODE = key("custodian-node")
 OWNER = key("record-owner")
 READER = key("reader")
 DATA_KEY = bytes(range(32))
+SHARES = split_key(DATA_KEY, 3, 4)
+SHARE = SHARES[1]  # x = 2
 MANIFEST = cid_for(b"a manifest")
 
 
@@ -28,51 +49,91 @@ def custodian(tmp_path: Path) -> LocalCustodian:
     return LocalCustodian(tmp_path / "custody", NODE)
 
 
+def sealed(share: KeyShare, to: LocalCustodian) -> bytes:
+    return seal_to(to.public_key, encode(share))
+
+
 def test_deposit_release_round_trip(custodian: LocalCustodian) -> None:
     assert custodian.public_key == NODE.public_key
     assert not custodian.has(OWNER.id, MANIFEST)
-    custodian.deposit(OWNER.id, MANIFEST, seal_to(custodian.public_key, DATA_KEY))
+    kept = custodian.deposit(OWNER.id, MANIFEST, sealed(SHARE, custodian), index=2, threshold=3)
+    assert kept == SHARE
     assert custodian.has(OWNER.id, MANIFEST)
     assert not custodian.has(READER.id, MANIFEST)
     path = custodian.root / OWNER.id / MANIFEST
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert DATA_KEY not in path.read_bytes()  # sealed at rest
+    raw = path.read_bytes()
+    assert SHARE.hi not in raw and SHARE.lo not in raw and DATA_KEY not in raw  # sealed at rest
     released = custodian.release(OWNER.id, MANIFEST, READER.public_key)
-    assert unseal(READER, released) == DATA_KEY
+    assert decode(unseal(READER, released), KeyShare) == SHARE
     with pytest.raises(AuthError) as exc:  # sealed to the requester only
         unseal(NODE, released)
     assert exc.value.code == "UNSEAL_FAILED"
     # a custodian restarted on the same directory still releases
     again = LocalCustodian(custodian.root, NODE)
-    assert unseal(OWNER, again.release(OWNER.id, MANIFEST, OWNER.public_key)) == DATA_KEY
+    assert decode(unseal(OWNER, again.release(OWNER.id, MANIFEST, OWNER.public_key)), KeyShare) == (
+        SHARE
+    )
+
+
+def test_a_custodian_holds_a_share_not_the_key(custodian: LocalCustodian) -> None:
+    custodian.deposit(OWNER.id, MANIFEST, sealed(SHARE, custodian))
+    # what the custodian can open with its own key is one share: not the key, nor half of it
+    held = decode(unseal(NODE, (custodian.root / OWNER.id / MANIFEST).read_bytes()), KeyShare)
+    assert held == SHARE
+    assert DATA_KEY[:16] not in (held.hi, held.lo) and DATA_KEY[16:] not in (held.hi, held.lo)
 
 
 def test_deposit_is_idempotent_but_never_replaced(custodian: LocalCustodian) -> None:
-    sealed = seal_to(custodian.public_key, DATA_KEY)
-    custodian.deposit(OWNER.id, MANIFEST, sealed)
-    custodian.deposit(OWNER.id, MANIFEST, sealed)  # exact retry
-    custodian.deposit(OWNER.id, MANIFEST, seal_to(custodian.public_key, DATA_KEY))  # re-sealed
-    with pytest.raises(Conflict) as exc:
-        custodian.deposit(OWNER.id, MANIFEST, seal_to(custodian.public_key, bytes(32)))
-    assert exc.value.code == "KEY_ALREADY_DEPOSITED"
+    once = sealed(SHARE, custodian)
+    custodian.deposit(OWNER.id, MANIFEST, once)
+    custodian.deposit(OWNER.id, MANIFEST, once)  # exact retry
+    custodian.deposit(OWNER.id, MANIFEST, sealed(SHARE, custodian))  # re-sealed
+    for other in (SHARES[2], split_key(DATA_KEY, 3, 4)[1]):  # another x; another split
+        with pytest.raises(Conflict) as exc:
+            custodian.deposit(OWNER.id, MANIFEST, sealed(other, custodian))
+        assert exc.value.code == "KEY_ALREADY_DEPOSITED"
     released = custodian.release(OWNER.id, MANIFEST, READER.public_key)
-    assert unseal(READER, released) == DATA_KEY
+    assert decode(unseal(READER, released), KeyShare) == SHARE
 
 
 def test_deposit_not_sealed_to_custodian(custodian: LocalCustodian) -> None:
     with pytest.raises(AuthError) as exc:
-        custodian.deposit(OWNER.id, MANIFEST, seal_to(OWNER.public_key, DATA_KEY))
+        custodian.deposit(OWNER.id, MANIFEST, seal_to(OWNER.public_key, encode(SHARE)))
     assert exc.value.code == "UNSEAL_FAILED"
     with pytest.raises(AuthError) as exc:
-        custodian.deposit(OWNER.id, MANIFEST, DATA_KEY)
+        custodian.deposit(OWNER.id, MANIFEST, encode(SHARE))
     assert exc.value.code == "UNSEAL_FAILED"
     assert not custodian.has(OWNER.id, MANIFEST)
 
 
-@pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
-def test_deposit_wrong_key_size(custodian: LocalCustodian, size: int) -> None:
+@pytest.mark.parametrize(
+    "plain",
+    [
+        DATA_KEY,  # a whole key is not a share
+        b"",
+        encode(KeyShare(index=1, threshold=2, hi=b"h" * 15, lo=b"l" * 16)),
+        encode(KeyShare(index=1, threshold=2, hi=b"h" * 16, lo=b"l" * 17)),
+        encode(KeyShare(index=0, threshold=2, hi=b"h" * 16, lo=b"l" * 16)),
+        encode(KeyShare(index=1, threshold=0, hi=b"h" * 16, lo=b"l" * 16)),
+        encode(SHARE) + b"\x00",
+    ],
+)
+def test_deposit_that_is_not_a_key_share(custodian: LocalCustodian, plain: bytes) -> None:
     with pytest.raises(InvalidInput) as exc:
-        custodian.deposit(OWNER.id, MANIFEST, seal_to(custodian.public_key, b"k" * size))
+        custodian.deposit(OWNER.id, MANIFEST, seal_to(custodian.public_key, plain))
+    assert exc.value.code == "BAD_DEPOSIT"
+    assert not custodian.has(OWNER.id, MANIFEST)
+
+
+@pytest.mark.parametrize(("index", "threshold"), [(1, 3), (3, 3), (2, 2), (2, 4)])
+def test_deposit_at_the_wrong_place(custodian: LocalCustodian, index: int, threshold: int) -> None:
+    """The deposit names where this custodian's share stands (x, threshold): a share of
+    another place is refused."""
+    with pytest.raises(InvalidInput) as exc:
+        custodian.deposit(
+            OWNER.id, MANIFEST, sealed(SHARE, custodian), index=index, threshold=threshold
+        )
     assert exc.value.code == "BAD_DEPOSIT"
     assert not custodian.has(OWNER.id, MANIFEST)
 
@@ -88,19 +149,20 @@ def test_deposit_wrong_key_size(custodian: LocalCustodian, size: int) -> None:
     ],
 )
 def test_deposit_bad_identifiers(custodian: LocalCustodian, depositor: str, cid: str) -> None:
-    sealed = seal_to(custodian.public_key, DATA_KEY)
     with pytest.raises(InvalidInput) as exc:
-        custodian.deposit(depositor, cid, sealed)
+        custodian.deposit(depositor, cid, sealed(SHARE, custodian))
     assert exc.value.code == "BAD_DEPOSIT"
     with pytest.raises(InvalidInput):
         custodian.release(depositor, cid, READER.public_key)
+    with pytest.raises(InvalidInput):
+        custodian.delete(depositor, cid)
 
 
 def test_release_without_deposit(custodian: LocalCustodian) -> None:
     with pytest.raises(NotFound) as exc:
         custodian.release(OWNER.id, MANIFEST, READER.public_key)
     assert exc.value.code == "KEY_NOT_FOUND"
-    custodian.deposit(OWNER.id, MANIFEST, seal_to(custodian.public_key, DATA_KEY))
+    custodian.deposit(OWNER.id, MANIFEST, sealed(SHARE, custodian))
     with pytest.raises(NotFound) as exc:  # keyed by depositor and manifest
         custodian.release(READER.id, MANIFEST, READER.public_key)
     assert exc.value.code == "KEY_NOT_FOUND"
@@ -109,11 +171,32 @@ def test_release_without_deposit(custodian: LocalCustodian) -> None:
 
 
 def test_other_custodian_cannot_release(custodian: LocalCustodian, tmp_path: Path) -> None:
-    custodian.deposit(OWNER.id, MANIFEST, seal_to(custodian.public_key, DATA_KEY))
+    custodian.deposit(OWNER.id, MANIFEST, sealed(SHARE, custodian))
     thief = LocalCustodian(custodian.root, key("other-node"))
     with pytest.raises(AuthError) as exc:
         thief.release(OWNER.id, MANIFEST, READER.public_key)
     assert exc.value.code == "UNSEAL_FAILED"
+
+
+def test_delete_shreds_the_share_and_is_idempotent(custodian: LocalCustodian) -> None:
+    other = cid_for(b"another manifest")
+    custodian.deposit(OWNER.id, MANIFEST, sealed(SHARE, custodian))
+    custodian.deposit(OWNER.id, other, sealed(SHARES[0], custodian))
+    assert custodian.delete(OWNER.id, MANIFEST) is True
+    assert not custodian.has(OWNER.id, MANIFEST)
+    assert not (custodian.root / OWNER.id / MANIFEST).exists()
+    with pytest.raises(NotFound) as exc:
+        custodian.release(OWNER.id, MANIFEST, READER.public_key)
+    assert exc.value.code == "KEY_NOT_FOUND"
+    assert custodian.delete(OWNER.id, MANIFEST) is False  # again: no error
+    assert custodian.delete(READER.id, MANIFEST) is False  # never held: no error
+    # the depositor's other shares stay; deleting the last removes its directory
+    assert decode(unseal(READER, custodian.release(OWNER.id, other, READER.public_key)), KeyShare)
+    assert custodian.delete(OWNER.id, other) is True
+    assert not (custodian.root / OWNER.id).exists()
+    # a fresh deposit after an erasure is a new deposit, not a conflict
+    custodian.deposit(OWNER.id, MANIFEST, sealed(SHARES[3], custodian))
+    assert custodian.has(OWNER.id, MANIFEST)
 
 
 # ---- release gate ------------------------------------------------------------------------------
@@ -209,3 +292,68 @@ def test_gate_malformed_body(world: World) -> None:
             requester=requester,
             ttl_ms=TTL,
         )
+
+
+# ---- the policy, evaluated again at release time -----------------------------------------------
+
+
+def test_decision_refuses_what_the_policy_denies() -> None:
+    check_decision(Decision(True, "the patient's own record", "patient_self"))
+    with pytest.raises(Forbidden) as exc:
+        check_decision(Decision(False, "no care relationship or consent", "no_relationship"))
+    assert exc.value.code == "ACCESS_DENIED"
+    assert "no_relationship" in exc.value.message
+
+
+def release_checks(world: World, proof: AccessProof, reader: str) -> None:
+    """What a custodian checks: the committed access event (pure), then the policy on
+    the committed state now (as ``Node.check_gate`` does)."""
+    chain = world.chain
+    check_release(proof, record_id=world.record_id, requester=world[reader].id, ttl_ms=TTL)
+    ident = chain.app.query_identity(world[reader].id)
+    assert ident is not None
+    body = decode(proof.tx.body, ReadRecordBody)
+    check_decision(chain.app.evaluate_read(ident, body, chain.time_ms))
+
+
+def test_revoked_consent_refuses_release_of_an_allowed_read(world: World) -> None:
+    chain = world.chain
+    patient, reader = world["alpha.patient"], world["beta.clinician"]
+    granted = chain.run(patient, GRANT_CONSENT, grant_body(patient.id, reader.id))
+    assert granted.ok, granted
+    proof, _ = access_proof(world, "beta.clinician")
+    assert proof.result.data["outcome"] == "allowed"
+    release_checks(world, proof, "beta.clinician")
+    revoked = chain.run(
+        patient, REVOKE_CONSENT, RevokeConsentBody(consent_id=granted.data["consent_id"])
+    )
+    assert revoked.ok, revoked
+    # the access event is still committed, allowed and recent ...
+    check_release(proof, record_id=world.record_id, requester=reader.id, ttl_ms=TTL)
+    # ... but the policy on the committed state now denies it, and names its rule
+    with pytest.raises(Forbidden) as exc:
+        release_checks(world, proof, "beta.clinician")
+    assert exc.value.code == "ACCESS_DENIED"
+    ident = chain.app.query_identity(reader.id)
+    assert ident is not None
+    decision = chain.app.evaluate_read(ident, decode(proof.tx.body, ReadRecordBody), chain.time_ms)
+    assert not decision.allowed and decision.rule and decision.rule in exc.value.message
+
+
+def test_erasure_refuses_release_and_names_what_to_shred(world: World) -> None:
+    chain = world.chain
+    proof, _ = access_proof(world, "alpha.patient", purpose="patient-access")
+    release_checks(world, proof, "alpha.patient")
+    request = EraseRequestBody(record_id=world.record_id, reason="right to be forgotten")
+    assert chain.run(world["alpha.patient"], ERASE_REQUEST, request).ok
+    approved = chain.run(
+        world["alpha.admin"], ERASE_APPROVE, EraseApproveBody(record_id=world.record_id)
+    )
+    assert approved.ok, approved
+    # what every custodian deletes when this result commits (Node -> custody.on_block)
+    assert approved.data["status"] == "erased"
+    assert approved.data["creator"] == world["alpha.clinician"].id
+    assert approved.data["manifest_cid"] and approved.data["record_id"] == world.record_id
+    with pytest.raises(Forbidden) as exc:  # even the patient's own, earlier allowed read
+        release_checks(world, proof, "alpha.patient")
+    assert exc.value.code == "ACCESS_DENIED"

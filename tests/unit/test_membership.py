@@ -159,7 +159,9 @@ def test_equivocation_jails_the_validator() -> None:
     fin = c.block([c.tx(reporter, SUBMIT_EVIDENCE, evidence(a, b))])
     res = fin.results[0]
     assert res.ok and res.data["institution"] == "delta"
-    assert [e.action for e in res.events] == ["jail"]
+    assert [e.action for e in res.events] == ["jail", "alert"]
+    alert = res.events[1]  # the regulator's view: subject @regulator, the kind as outcome
+    assert (alert.subject, alert.outcome) == ("@regulator", "validator_jailed")
     assert res.events[0].subject == key("validator/delta").id
     assert fin.validator_updates is not None and names(c) == ["alpha", "beta", "gamma"]
     # the same evidence again: no longer a member

@@ -84,7 +84,9 @@ def build(
             chain.tx(admin, ENROLL, EnrollBody(id=NURSE.id, role="researcher")),
         ]
     )
-    reg = chain.tx(DOC, REGISTER_RECORD, register_body(PAT.id))
+    # the key's one custodian: a validator institution of this genesis
+    body = register_body(PAT.id, custodians=[validator_names[0]], threshold=1)
+    reg = chain.tx(DOC, REGISTER_RECORD, body)
     fillers = [
         chain.tx(admin, ENROLL, EnrollBody(id=key(f"f{i}").id, role="patient"))
         for i in range(filler)

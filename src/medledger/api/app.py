@@ -22,8 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medledger import __version__
 from medledger.api import signing
+from medledger.api.audit_routes import add_audit_routes, event_json
+from medledger.api.consent_routes import add_consent_routes
+from medledger.api.custody_routes import add_custody_routes
 from medledger.api.storage_routes import add_storage_routes, frame_items
-from medledger.app import access
+from medledger.app import access, consents
 from medledger.app.model import (
     ACTIVE,
     EvidenceRecord,
@@ -37,7 +40,6 @@ from medledger.app.model import (
     p_patient_records,
 )
 from medledger.codec import decode
-from medledger.crypto.cid import is_cid
 from medledger.crypto.keys import PublicKey, is_identity_id
 from medledger.errors import (
     AuthError,
@@ -46,15 +48,9 @@ from medledger.errors import (
     MedLedgerError,
     NotFound,
 )
-from medledger.ledger.block import Event, Header, TxResult, Validator, result_leaf
-from medledger.ledger.merkle import inclusion_proof, leaf_hash
-from medledger.ledger.proofs import (
-    AuditProofBundle,
-    AuditProofEntry,
-    SignedHeader,
-    encode_bundle,
-)
-from medledger.ledger.tx import decode_envelope, tx_hash
+from medledger.ledger.block import Header, TxResult, Validator
+from medledger.ledger.proofs import SignedHeader
+from medledger.ledger.tx import decode_envelope
 from medledger.log import get_logger
 from medledger.node.node import Node, Receipt, now_ms
 from medledger.storage import framing
@@ -167,6 +163,9 @@ def create_app(node: Node) -> FastAPI:
             raise Forbidden(f"role {caller.identity.role} may not {what}", code="ACCESS_DENIED")
 
     add_storage_routes(app, node, authenticate, role_in)
+    add_custody_routes(app, node, authenticate, role_in)
+    add_consent_routes(app, node, authenticate)
+    add_audit_routes(app, node, authenticate, role_in)
 
     async def json_body(request: Request) -> dict[str, Any]:
         body = await read_small_body(request)
@@ -296,7 +295,8 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/api/v1/records")
     async def list_records(patient: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
         check_id(patient)
-        decision = access.may_list_records(caller.identity, patient)
+        proxy = consents.is_proxy(node.app.committed_view(), patient, caller.identity.id)
+        decision = access.may_list_records(caller.identity, patient, proxy)
         if not decision.allowed:
             raise Forbidden(decision.reason, code="ACCESS_DENIED")
         records = []
@@ -305,7 +305,7 @@ def create_app(node: Node) -> FastAPI:
         for key, _ in rows[:LIST_LIMIT]:
             record_id = key.rsplit(b"/", 1)[1].decode()
             meta = node.app.query_record(record_id)
-            if meta is not None and access.may_view_metadata(caller.identity, meta):
+            if meta is not None and access.may_view_metadata(caller.identity, meta, proxy):
                 records.append(record_json(meta))
         records.sort(key=lambda r: (r["height"], r["record_id"]))
         return {"patient": patient, "records": records, "truncated": truncated}
@@ -348,7 +348,8 @@ def create_app(node: Node) -> FastAPI:
         meta = node.app.query_record(record_id)
         if meta is None:
             raise NotFound("record not found", code="RECORD_NOT_FOUND")
-        if not access.may_view_metadata(caller.identity, meta):
+        proxy = consents.is_proxy(node.app.committed_view(), meta.patient, caller.identity.id)
+        if not access.may_view_metadata(caller.identity, meta, proxy):
             raise Forbidden("record metadata is not visible to this caller", code="ACCESS_DENIED")
         return meta
 
@@ -381,7 +382,6 @@ def create_app(node: Node) -> FastAPI:
             "placement": manifest.placement,
             "shard_root": manifest.shard_root.hex(),
             "stored_bytes": manifest.stored_bytes(),
-            "custodian": node.config.name,
             "manifest": base64.b64encode(data).decode("ascii"),
         }
 
@@ -408,123 +408,10 @@ def create_app(node: Node) -> FastAPI:
         # early with an E frame, which a declared length would turn into a cut connection.
         return StreamingResponse(frames(), media_type="application/vnd.medledger.frames")
 
-    # ---- custody ----------------------------------------------------------------------------------
-
-    @app.post("/api/v1/custody/deposits", status_code=201)
-    async def deposit(
-        caller: Caller = Depends(caller_dep), doc: dict[str, Any] = Depends(json_body)
-    ) -> dict[str, Any]:
-        role_in(caller, WRITER_ROLES, "deposit keys")
-        try:
-            manifest_cid = str(doc["manifest_cid"])
-            sealed = bytes.fromhex(str(doc["sealed_key"]))
-        except (KeyError, ValueError):
-            raise InvalidInput(
-                "deposit needs manifest_cid and sealed_key (hex)", code="BAD_DEPOSIT"
-            )
-        if not is_cid(manifest_cid) or not node.storage.backend.has(manifest_cid):
-            raise NotFound(
-                "content must be stored before its key is deposited", code="CONTENT_NOT_STORED"
-            )
-        node.custodian.deposit(caller.identity.id, manifest_cid, sealed)
-        return {"manifest_cid": manifest_cid, "custodian": node.custodian.public_key.hex()}
-
-    @app.post("/api/v1/custody/release")
-    async def release(
-        caller: Caller = Depends(caller_dep), doc: dict[str, Any] = Depends(json_body)
-    ) -> dict[str, Any]:
-        try:
-            record_id = str(doc["record_id"])
-            access_tx = str(doc["access_tx"])
-        except KeyError:
-            raise InvalidInput("release needs record_id and access_tx", code="BAD_REQUEST")
-        try:
-            meta = gate(record_id, access_tx, caller)
-        except MedLedgerError as exc:
-            node.metrics.key_releases.labels(outcome="refused").inc()
-            raise exc
-        sealed = await node.release_for(meta, access_tx, caller.public_key)
-        node.metrics.key_releases.labels(outcome="released").inc()
-        log.info("custody.released", record_id=record_id, requester=caller.identity.id)
-        return {"record_id": record_id, "sealed_key": sealed.hex()}
-
     def gate(record_id: str, access_tx: str, caller: Caller) -> RecordMeta:
         if not is_record_id(record_id):
             raise InvalidInput("not a record ID", code="BAD_RECORD_ID")
         return node.check_gate(record_id, parse_hash(access_tx), caller.public_key.raw)
-
-    # ---- audit -------------------------------------------------------------------------------------
-
-    def audit_subject(subject: str, caller: Caller) -> None:
-        check_id(subject)
-        ident = node.app.query_identity(subject)
-        if ident is None:
-            raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
-        decision = access.may_view_audit(caller.identity, ident)
-        if not decision.allowed:
-            raise Forbidden(decision.reason, code="ACCESS_DENIED")
-
-    @app.get("/api/v1/audit")
-    async def audit(subject: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
-        audit_subject(subject, caller)
-        events = []
-        positions = node.reader.audit_positions(subject, LIST_LIMIT + 1)
-        for height, idx, ev in positions[:LIST_LIMIT]:
-            block = node.block(height)
-            e: Event = block.results[idx].events[ev]
-            events.append(
-                {
-                    "height": height,
-                    "time_ms": block.header.time_ms,
-                    "tx_index": idx,
-                    "tx_hash": tx_hash(block.txs[idx]).hex(),
-                    **event_json(e),
-                }
-            )
-        return {"subject": subject, "events": events, "truncated": len(positions) > LIST_LIMIT}
-
-    @app.get("/api/v1/audit/proof")
-    async def audit_proof(subject: str, caller: Caller = Depends(caller_dep)) -> Response:
-        """A proof bundle (binary) of every audit event about ``subject``."""
-        audit_subject(subject, caller)
-        entries: list[AuditProofEntry] = []
-        headers: dict[int, SignedHeader] = {}
-        seen: set[tuple[int, int]] = set()
-        leaves: dict[int, tuple[list[bytes], list[bytes]]] = {}
-        for height, idx, _ev in node.reader.audit_positions(subject, LIST_LIMIT):
-            if (height, idx) in seen:
-                continue
-            seen.add((height, idx))
-            block = node.block(height)
-            if height not in leaves:  # once per block, however many entries it holds
-                leaves[height] = (
-                    [leaf_hash(t) for t in block.txs],
-                    [
-                        leaf_hash(result_leaf(tx_hash(t), r))
-                        for t, r in zip(block.txs, block.results, strict=True)
-                    ],
-                )
-            tx_leaves, res_leaves = leaves[height]
-            entries.append(
-                AuditProofEntry(
-                    height=height,
-                    tx_index=idx,
-                    tx=block.txs[idx],
-                    tx_path=inclusion_proof(tx_leaves, idx),
-                    result=block.results[idx],
-                    result_path=inclusion_proof(res_leaves, idx),
-                )
-            )
-            headers[height] = SignedHeader(
-                header=block.header, commit=block.commit, validators=node.validators_at(height)
-            )
-        bundle = AuditProofBundle(
-            chain_id=node.genesis.chain_id,
-            subject=subject,
-            headers=[headers[h] for h in sorted(headers)],
-            entries=entries,
-        )
-        return Response(encode_bundle(bundle), media_type="application/vnd.medledger.proof")
 
     # ---- consortium membership -------------------------------------------------------------
 
@@ -623,17 +510,6 @@ def cid_of(data: bytes) -> str:
     return cid_for(data)
 
 
-def event_json(e: Event) -> dict[str, Any]:
-    return {
-        "action": e.action,
-        "actor": e.actor,
-        "subject": e.subject,
-        "record_id": e.record_id or None,
-        "outcome": e.outcome,
-        "detail": e.detail,
-    }
-
-
 def compact_json(r: Receipt) -> dict[str, Any]:
     return {
         "tx_hash": r.tx_hash.hex(),
@@ -684,7 +560,10 @@ def record_json(m: RecordMeta) -> dict[str, Any]:
         "m": m.m,
         "placement": m.placement,
         "shard_root": m.shard_root.hex(),
-        "custodian": m.custodian,
+        "custodians": m.custodians,
+        "threshold": m.threshold,
+        "deidentified": m.deidentified,
+        "erased_height": m.erased_height,
         "institution": m.institution,
         "creator": m.creator,
         "created_ms": m.created_ms,

@@ -13,43 +13,56 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medledger.app import access, membership, storage
+from medledger.app import access, consents, membership, reads, storage
 from medledger.app.membership import ValidatorList
 from medledger.app.model import (
     ACTIVE,
+    END_CARE,
     ENROLL,
+    ERASE_APPROVE,
+    ERASE_REQUEST,
+    GRANT_CONSENT,
     INSTITUTION_RE,
     PROPOSE_MEMBER,
-    PURPOSES,
     READ_RECORD,
     RECORD_TYPE_RE,
     REGISTER_RECORD,
+    REVOKE_CONSENT,
     ROLES,
+    SET_PROXY,
+    START_CARE,
     STORAGE_ALERT,
     STORAGE_REPAIR,
     SUBMIT_EVIDENCE,
     SUSPEND,
     SUSPENDED,
     VOTE_MEMBER,
+    CareBody,
     EnrollBody,
+    EraseApproveBody,
+    EraseRequestBody,
     EvidenceBody,
+    GrantConsentBody,
     Identity,
     Institution,
     ProposeMemberBody,
     ReadRecordBody,
     RecordMeta,
     RegisterRecordBody,
+    RevokeConsentBody,
     Role,
+    SetProxyBody,
     StorageAlertBody,
     StorageRepairBody,
     SuspendBody,
     VoteMemberBody,
-    is_record_id,
+    consent_id_for,
     k_identity,
     k_institution,
     k_nonce,
     k_patient_record,
     k_record,
+    k_stats,
     k_validators,
     new_identity,
     record_id_for,
@@ -121,7 +134,37 @@ class Application:
             SUBMIT_EVIDENCE: (EvidenceBody, self._submit_evidence),
             STORAGE_ALERT: (StorageAlertBody, self._storage_tx(storage.alert)),
             STORAGE_REPAIR: (StorageRepairBody, self._storage_tx(storage.repair)),
+            GRANT_CONSENT: (
+                GrantConsentBody,
+                _rule(
+                    lambda v, c, stx, s, b: consents.grant(
+                        v, s, b, consent_id_for(stx.hash), c.height, c.time_ms
+                    )
+                ),
+            ),
+            REVOKE_CONSENT: (
+                RevokeConsentBody,
+                _rule(lambda v, c, stx, s, b: consents.revoke(v, s, b, c.height)),
+            ),
+            START_CARE: (
+                CareBody,
+                _rule(lambda v, c, stx, s, b: consents.start_care(v, s, b, c.height, c.time_ms)),
+            ),
+            END_CARE: (CareBody, _rule(lambda v, c, stx, s, b: consents.end_care(v, s, b))),
+            SET_PROXY: (SetProxyBody, _rule(lambda v, c, stx, s, b: consents.set_proxy(v, s, b))),
+            ERASE_REQUEST: (
+                EraseRequestBody,
+                _rule(lambda v, c, stx, s, b: reads.request_erasure(v, s, b, c.height)),
+            ),
+            ERASE_APPROVE: (
+                EraseApproveBody,
+                _rule(lambda v, c, stx, s, b: reads.approve_erasure(v, s, b, c.height)),
+            ),
         }
+        self._spike = reads.SpikeRule(
+            reads=genesis.params.access_spike_reads,
+            window_ms=genesis.params.access_spike_window_ms,
+        )
 
     # ---- genesis -------------------------------------------------------------------
 
@@ -312,7 +355,12 @@ class Application:
         child = view.child()
         try:
             result: TxResult = fn(child, ctx, stx, sender, body)
-        except (ExecError, storage.StorageRuleError) as exc:
+        except (
+            ExecError,
+            storage.StorageRuleError,
+            consents.ConsentRuleError,
+            reads.ReadRuleError,
+        ) as exc:
             return _fail(exc.code, exc.message)
         if result.ok or result.code in INCLUDED_FAILURES:
             view.merge(child)
@@ -397,7 +445,7 @@ class Application:
             raise ExecError("content hash is not a CIDv1", code="BAD_CID")
         if not 0 <= body.size < MAX_SIZE or not 0 <= body.chunk_count < MAX_SIZE:
             raise ExecError("size out of range", code="TX_MALFORMED")
-        storage.check_layout(view, body)
+        storage.check_layout(view, body, self.genesis.params.custody_threshold_pct)
         record_id = record_id_for(stx.hash)
         meta = RecordMeta(
             record_id=record_id,
@@ -410,14 +458,18 @@ class Application:
             k=body.k,
             m=body.m,
             placement=body.placement,
-            custodian=body.custodian,
+            custodians=body.custodians,
+            threshold=body.threshold,
+            deidentified=body.deidentified,
             institution=sender.institution,
             creator=sender.id,
             created_ms=ctx.time_ms,
             height=ctx.height,
+            erased_height=0,
         )
         view.put(k_record(record_id), meta)
         view.put(k_patient_record(patient.id, record_id), b"")
+        reads.count(view, k_stats("write", sender.institution, body.type, "-", "ok"))
         ev = Event(
             action="write",
             actor=sender.id,
@@ -486,7 +538,7 @@ class Application:
     def query_validators(self) -> list[Validator]:
         return membership.current_validators(self.committed_view())
 
-    # record.read: the access event; custody releases the key only for an allowed one.
+    # record.read: the access event; custodians release shares only for an allowed one.
     def _read_record(
         self,
         view: StateView,
@@ -495,26 +547,20 @@ class Application:
         sender: Identity,
         body: ReadRecordBody,
     ) -> TxResult:
-        if not is_record_id(body.record_id):
-            raise ExecError("not a record ID", code="BAD_RECORD_ID")
-        if body.purpose not in PURPOSES:
-            raise ExecError(f"unknown purpose {body.purpose!r}", code="BAD_PURPOSE")
-        record = view.get(k_record(body.record_id), RecordMeta)
-        if record is None:
-            raise ExecError("record not found", code="RECORD_NOT_FOUND")
-        decision = access.decide_read(sender, record)
-        ev = Event(
-            action="read",
-            actor=sender.id,
-            subject=record.patient,
-            record_id=record.record_id,
-            outcome="allowed" if decision.allowed else "denied",
-            detail=f"purpose={body.purpose}; {decision.reason}",
-        )
-        data = {"record_id": record.record_id, "outcome": ev.outcome}
-        if not decision.allowed:
-            return TxResult(code="ACCESS_DENIED", message=decision.reason, events=[ev], data=data)
-        return _ok([ev], data)
+        out = reads.read(view, sender, body, ctx.time_ms, self._spike)
+        if not out.decision.allowed:
+            message = f"{out.decision.rule}: {out.decision.reason}"
+            return TxResult(code="ACCESS_DENIED", message=message, events=out.events, data=out.data)
+        return _ok(out.events, out.data)
+
+    def evaluate_read(self, sender: Identity, body: ReadRecordBody, now_ms: int) -> access.Decision:
+        """The policy's decision on a read against committed state (custody re-checks
+        it before releasing a share, so a revocation since the access event wins)."""
+        try:
+            _record, decision = reads.evaluate(self.committed_view(), sender, body, now_ms)
+        except reads.ReadRuleError as exc:
+            return access.Decision(False, exc.message, exc.code.lower())
+        return decision
 
 
 def _ok(events: list[Event], data: dict[str, str]) -> TxResult:
@@ -523,6 +569,22 @@ def _ok(events: list[Event], data: dict[str, str]) -> TxResult:
 
 def _fail(code: str, message: str) -> TxResult:
     return TxResult(code=code, message=message, events=[], data={})
+
+
+def _rule(
+    fn: Callable[
+        [StateView, BlockContext, SignedTx, Identity, Any], tuple[list[Event], dict[str, str]]
+    ],
+) -> Callable[..., TxResult]:
+    """A handler from a pure rule returning (events, data)."""
+
+    def run(
+        view: StateView, ctx: BlockContext, stx: SignedTx, sender: Identity, body: Any
+    ) -> TxResult:
+        events, data = fn(view, ctx, stx, sender, body)
+        return _ok(events, data)
+
+    return run
 
 
 def _require(decision: access.Decision, code: str) -> None:

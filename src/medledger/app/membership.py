@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from medledger.app.model import (
     ACTIVE,
+    ALERT_JAILED,
     GOV_ADD,
     GOV_OPEN,
     GOV_PASSED,
     GOV_REMOVE,
     INSTITUTION_RE,
+    REGULATOR_SUBJECT,
     EvidenceBody,
     EvidenceRecord,
     EvidenceVote,
@@ -260,8 +262,18 @@ def submit_evidence(
         detail=f"equivocation institution={val.name} height={a.height} round={a.round} "
         f"type={a.type}; effective_height={height + 2}",
     )
+    alert = Event(
+        action="alert",
+        actor=val.id,
+        subject=REGULATOR_SUBJECT,
+        record_id="",
+        outcome=ALERT_JAILED,
+        detail=f"institution={val.name} equivocation at height={a.height} round={a.round}",
+    )
     return Outcome(
-        events=[ev], data={"jailed": val.id, "institution": val.name}, validator_updates=updates
+        events=[ev, alert],
+        data={"jailed": val.id, "institution": val.name},
+        validator_updates=updates,
     )
 
 

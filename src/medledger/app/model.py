@@ -68,11 +68,14 @@ class RecordMeta(Record, frozen=True):
     k: int  # erasure code: data shards per stripe
     m: int  # parity shards per stripe
     placement: list[str]  # institution holding each shard column (now: repairs move them)
-    custodian: str  # institution whose node holds the data key
+    custodians: list[str]  # institutions holding Shamir shares of the data key (x = index+1)
+    threshold: int  # shares needed to rebuild the key
+    deidentified: bool  # content carries no direct identifiers (what researchers may read)
     institution: str
     creator: str
     created_ms: int
     height: int
+    erased_height: int = 0  # 0 while live; the height of the erasure that tombstoned it
 
     @property
     def stripes(self) -> int:
@@ -89,6 +92,13 @@ ENROLL = "identity.enroll"
 SUSPEND = "identity.suspend"
 REGISTER_RECORD = "record.register"
 READ_RECORD = "record.read"
+ERASE_REQUEST = "record.erase_request"
+ERASE_APPROVE = "record.erase_approve"
+GRANT_CONSENT = "consent.grant"
+REVOKE_CONSENT = "consent.revoke"
+START_CARE = "care.start"
+END_CARE = "care.end"
+SET_PROXY = "proxy.set"
 
 
 class EnrollBody(Record, frozen=True):
@@ -111,13 +121,138 @@ class RegisterRecordBody(Record, frozen=True):
     k: int
     m: int
     placement: list[str]
-    custodian: str
+    custodians: list[str]
+    threshold: int
+    deidentified: bool = False
 
 
 class ReadRecordBody(Record, frozen=True):
     record_id: str
     purpose: str
+    break_glass: bool = False  # an emergency read outside the usual rules (clinicians only)
+    reason: str = ""  # required for break-glass: why
 
+
+class EraseRequestBody(Record, frozen=True):
+    """A patient (or proxy) asks that a record be erased (right to be forgotten)."""
+
+    record_id: str
+    reason: str
+
+
+class EraseApproveBody(Record, frozen=True):
+    """A regulator or an admin of the record's institution co-signs an erasure."""
+
+    record_id: str
+
+
+class EraseRequest(Record, frozen=True):
+    record_id: str
+    patient: str
+    requested_by: str
+    reason: str
+    height: int
+
+
+# ---- consent, care relationships, delegation (FHIR R4 Consent-shaped) --------------
+
+ACTOR_IDENTITY = "identity"
+ACTOR_INSTITUTION = "institution"
+PERMIT = "permit"
+DENY = "deny"
+CONSENT_ACTIVE = "active"
+CONSENT_INACTIVE = "inactive"  # revoked (FHIR Consent.status "inactive")
+
+
+class GrantConsentBody(Record, frozen=True):
+    """A consent provision: ``actor`` may (permit) or may not (deny) read ``patient``'s
+    records of ``record_ids`` / ``types`` (empty: all) for ``purposes`` in a period."""
+
+    patient: str  # the patient the consent is about (the sender, or a proxy's patient)
+    actor_kind: str  # identity | institution
+    actor: str
+    purposes: list[str]
+    record_ids: list[str]  # FHIR provision.data; empty: every record
+    types: list[str]  # FHIR provision.class (record types); empty: every type
+    start_ms: int  # FHIR provision.period; 0: from now
+    end_ms: int  # 0: open-ended
+    permit: bool  # FHIR provision.type: permit | deny
+
+
+class RevokeConsentBody(Record, frozen=True):
+    consent_id: str
+
+
+class Consent(Record, frozen=True):
+    consent_id: str
+    patient: str
+    grantor: str
+    actor_kind: str
+    actor: str
+    purposes: list[str]
+    record_ids: list[str]
+    types: list[str]
+    start_ms: int
+    end_ms: int
+    permit: bool
+    status: str  # active | inactive
+    height: int
+    revoked_height: int
+
+
+class ConsentList(Record, frozen=True):
+    """A patient's active consent IDs (sorted): what a read decision looks at."""
+
+    ids: list[str]
+
+
+CARE_KINDS = frozenset({"admission", "referral", "outpatient"})
+
+
+class CareBody(Record, frozen=True):
+    """care.start / care.end: ``clinician`` treats (or stops treating) ``patient``."""
+
+    patient: str
+    clinician: str
+    kind: str  # admission | referral | outpatient (ignored by care.end)
+
+
+class CareRelation(Record, frozen=True):
+    patient: str
+    clinician: str
+    institution: str
+    kind: str
+    started_by: str
+    height: int
+
+
+class SetProxyBody(Record, frozen=True):
+    """A patient names (active) or removes (not active) a guardian or proxy."""
+
+    proxy: str
+    active: bool
+
+
+class ProxyList(Record, frozen=True):
+    proxies: list[str]  # sorted identity IDs acting for the patient
+
+
+class AccessRate(Record, frozen=True):
+    """Reads by one identity in the current spike window (block time)."""
+
+    window: int
+    reads: int
+
+
+# ---- alerts to the regulator ---------------------------------------------------------
+
+REGULATOR_SUBJECT = "@regulator"  # the audit-index subject of every regulator alert
+ALERT_BREAK_GLASS = "break_glass"
+ALERT_DENIED = "denied_access"
+ALERT_SPIKE = "access_spike"
+ALERT_STORAGE = "storage_audit_failure"
+ALERT_JAILED = "validator_jailed"
+ALERT_ERASURE = "erasure"
 
 # ---- storage audits and repair -----------------------------------------------------
 
@@ -175,13 +310,59 @@ def p_patient_records(patient: str) -> bytes:
     return b"v1/prec/" + patient.encode() + b"/"
 
 
+def k_consent(consent_id: str) -> bytes:
+    return b"v1/consent/" + consent_id.encode()
+
+
+def k_patient_consents(patient: str) -> bytes:
+    return b"v1/pconsents/" + patient.encode()
+
+
+def k_care(patient: str, clinician: str) -> bytes:
+    return b"v1/care/" + patient.encode() + b"/" + clinician.encode()
+
+
+def k_proxies(patient: str) -> bytes:
+    return b"v1/proxy/" + patient.encode()
+
+
+def k_erase_request(record_id: str) -> bytes:
+    return b"v1/erase/" + record_id.encode()
+
+
+def k_access_rate(id_: str) -> bytes:
+    return b"v1/rate/" + id_.encode()
+
+
+STATS_PREFIX = b"v1/stats/"
+
+
+def k_stats(action: str, institution: str, record_type: str, purpose: str, outcome: str) -> bytes:
+    """A counter (8-byte big-endian) of events: action/institution/type/purpose/outcome;
+    ``institution`` is the acting identity's."""
+    return STATS_PREFIX + "/".join((action, institution, record_type, purpose, outcome)).encode()
+
+
 RECORD_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 INSTITUTION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-PURPOSES = frozenset({"treatment", "patient-access", "research", "insurance", "referral", "audit"})
+PURPOSES = frozenset(
+    {"treatment", "patient-access", "research", "insurance", "referral", "dispensing", "audit"}
+)
 
 
 def record_id_for(tx_hash: bytes) -> str:
     return "r" + tx_hash[:16].hex()
+
+
+def consent_id_for(tx_hash: bytes) -> str:
+    return "c" + tx_hash[:16].hex()
+
+
+_CONSENT_ID_RE = re.compile(r"c[0-9a-f]{32}")
+
+
+def is_consent_id(value: str) -> bool:
+    return _CONSENT_ID_RE.fullmatch(value) is not None
 
 
 _RECORD_ID_RE = re.compile(r"r[0-9a-f]{32}")

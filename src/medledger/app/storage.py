@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import msgspec
 
+from medledger.app.membership import current_validators
 from medledger.app.model import (
     ALERT_REASONS,
+    ALERT_STORAGE,
+    REGULATOR_SUBJECT,
     STORAGE_SUBJECT,
     Identity,
     Institution,
@@ -40,9 +43,29 @@ def _member(view: StateView, name: str) -> bool:
     return view.get(k_institution(name), Institution) is not None
 
 
-def check_layout(view: StateView, body: RegisterRecordBody) -> None:
+def check_custody(view: StateView, custodians: list[str], threshold: int, pct: int) -> None:
+    """Key custody: distinct validator institutions, each holding one Shamir share,
+    and a threshold of at least ``pct``% of them (a 2/3 majority by default)."""
+    members = {v.name for v in current_validators(view) if v.power > 0}
+    if not custodians or len(set(custodians)) != len(custodians):
+        raise StorageRuleError("custodians must be distinct institutions", code="BAD_CUSTODY")
+    for name in custodians:
+        if name not in members:
+            raise StorageRuleError(
+                f"custodian {name!r} is not a validator institution", code="BAD_CUSTODY"
+            )
+    least = max(1, -(-len(custodians) * pct // 100))
+    if not least <= threshold <= len(custodians):
+        raise StorageRuleError(
+            f"custody threshold must be between {least} and {len(custodians)} "
+            f"for {len(custodians)} custodians",
+            code="BAD_CUSTODY",
+        )
+
+
+def check_layout(view: StateView, body: RegisterRecordBody, threshold_pct: int) -> None:
     """A new record's erasure layout: parameters in range, k+m distinct member
-    institutions, a 32-byte shard root, and a member custodian."""
+    institutions, a 32-byte shard root, and its key custody."""
     if not 1 <= body.k <= MAX_K or not 0 <= body.m <= MAX_M:
         raise StorageRuleError(
             f"erasure parameters must be 1 <= k <= {MAX_K}, 0 <= m <= {MAX_M}",
@@ -57,8 +80,7 @@ def check_layout(view: StateView, body: RegisterRecordBody) -> None:
             raise StorageRuleError(
                 f"placement names unknown institution {name!r}", code="BAD_PLACEMENT"
             )
-    if not _member(view, body.custodian):
-        raise StorageRuleError("custodian is not a member institution", code="BAD_PLACEMENT")
+    check_custody(view, body.custodians, body.threshold, threshold_pct)
     if len(body.shard_root) != 32:
         raise StorageRuleError("shard root must be 32 bytes", code="TX_MALFORMED")
 
@@ -90,7 +112,17 @@ def alert(view: StateView, sender: Identity, body: StorageAlertBody) -> list[Eve
         f"institution={body.institution} column={body.column} reason={body.reason} "
         f"stripes={','.join(map(str, body.stripes))} seed_height={body.seed_height}"
     )
-    return [_event("storage.alert", sender, meta, "failed", detail)]
+    return [
+        _event("storage.alert", sender, meta, "failed", detail),
+        Event(
+            action="alert",
+            actor=sender.id,
+            subject=REGULATOR_SUBJECT,
+            record_id=meta.record_id,
+            outcome=ALERT_STORAGE,
+            detail=detail,
+        ),
+    ]
 
 
 def repair(view: StateView, sender: Identity, body: StorageRepairBody) -> list[Event]:

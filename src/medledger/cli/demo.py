@@ -80,6 +80,21 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
         f"patient read the note back through {other['name']}'s node: "
         "samples/note-as-read-by-patient.txt"
     )
+    specialist = _key(people / "specialist.key")
+    other_admin = load_key_file(root / other["name"] / "admin.key")
+    with Client(other["api"], other_admin) as c:
+        if not _enrolled(c, specialist.id):
+            c.enroll(specialist.id, "clinician")
+    with Client(other["api"], specialist) as sp:
+        try:
+            sp.get_record(r2.record_id, samples / "denied.bin")
+        except Forbidden as exc:
+            out.print(f"a specialist at {other['name']} was denied: {exc.message}")
+        with Client(api, keys["patient"]) as pt:
+            consent = pt.grant_consent(specialist.id, ["treatment"], record_ids=[r2.record_id])
+        out.print(f"patient granted consent {consent['data']['consent_id']} to the specialist")
+        sp.get_record(r2.record_id, samples / "xray-as-read-by-specialist.bin")
+        out.print("  the specialist read the X-ray: samples/xray-as-read-by-specialist.bin")
     with Client(api, keys["researcher"]) as rs:
         try:
             rs.get_record(r2.record_id, samples / "denied.bin", purpose="research")
@@ -96,6 +111,13 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
     )
     out.print(f"  medledger proof verify audit.proof --genesis {d}/genesis.json")
     out.print(f"  medledger record get {r2.record_id} --out xray.bin --as {d}/people/doctor.key")
+    out.print(f"  medledger consent ls --as {d}/people/patient.key")
+    out.print(
+        f"  medledger record get {r1.record_id} --out note.txt --break-glass "
+        f'--reason "emergency" --as {d}/people/specialist.key'
+    )
+    out.print(f"  medledger regulator alerts --as {d}/people/regulator.key")
+    out.print(f"  medledger regulator stats --as {d}/people/regulator.key")
     admin_key = f"{d}/{first['name']}/admin.key"
     out.print(f"  medledger storage status --as {admin_key}")
     out.print(f"  medledger storage audit --all --as {admin_key}")

@@ -9,15 +9,11 @@ committed.
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -28,8 +24,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medledger.cli import consortium
-from medledger.client import Client
+from medledger.cli import consortium, regulator, rights
+from medledger.cli.common import (
+    AsOpt,
+    DirOpt,
+    JsonOpt,
+    NodeOpt,
+    client_for,
+    emit,
+    err,
+    out,
+)
 from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
 from medledger.errors import InvalidInput, MedLedgerError
 from medledger.study import STUDY_RECORD_TYPE, StudyArchive, extract_study, scan_study
@@ -57,45 +62,18 @@ storage_app = typer.Typer(
     help="Erasure-coded storage: service status, audits, repair, alerts.", no_args_is_help=True
 )
 app.add_typer(storage_app, name="storage")
+app.add_typer(rights.consent_app, name="consent")
+app.add_typer(rights.care_app, name="care")
+app.add_typer(rights.proxy_app, name="proxy")
+app.add_typer(rights.erasure_app, name="erasure")
+app.add_typer(regulator.app, name="regulator")
 gov_app = typer.Typer(
     help="Admit and remove member institutions (voted by 2/3+ of voting power).",
     no_args_is_help=True,
 )
 app.add_typer(gov_app, name="governance")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
 T = TypeVar("T")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-NodeOpt = Annotated[
-    str,
-    typer.Option("--node", envvar="MEDLEDGER_NODE", help="Node API base URL.", show_default=False),
-]
-AsOpt = Annotated[
-    Path,
-    typer.Option(
-        "--as", envvar="MEDLEDGER_KEY", help="Key file of the identity acting.", show_default=False
-    ),
-]
-DirOpt = Annotated[Path, typer.Option("--dir", help="Consortium directory.")]
-
-
-def emit(doc: Any, as_json: bool, human: Callable[[], None] | None = None) -> None:
-    if as_json or human is None:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        human()
-
-
-@contextmanager
-def client_for(node: str, key_file: Path) -> Iterator[Client]:
-    if not node:
-        raise InvalidInput("no node given (--node URL or MEDLEDGER_NODE)", code="NO_NODE")
-    key = load_key_file(key_file)
-    with Client(node, key) as c:
-        yield c
 
 
 def _progress() -> Progress:
@@ -439,6 +417,13 @@ def record_put(
     m: Annotated[
         int | None, typer.Option("--m", help="Parity shards per stripe (default: 2 if possible).")
     ] = None,
+    deidentified: Annotated[
+        bool,
+        typer.Option(
+            "--deidentified",
+            help="The content carries no direct identifiers (researchers may read it).",
+        ),
+    ] = False,
     node: NodeOpt = "",
     as_key: AsOpt = Path("key"),
     as_json: JsonOpt = False,
@@ -463,11 +448,24 @@ def record_put(
         if study is not None:
             with study.open() as src:
                 r = c.put_stream(
-                    src, size, patient=patient, record_type=record_type, progress=advance, k=k, m=m
+                    src,
+                    size,
+                    patient=patient,
+                    record_type=record_type,
+                    progress=advance,
+                    k=k,
+                    m=m,
+                    deidentified=deidentified,
                 )
         else:
             r = c.put_record(
-                path, patient=patient, record_type=record_type, progress=advance, k=k, m=m
+                path,
+                patient=patient,
+                record_type=record_type,
+                progress=advance,
+                k=k,
+                m=m,
+                deidentified=deidentified,
             )
     doc: dict[str, Any] = {
         "record_id": r.record_id,
@@ -481,6 +479,7 @@ def record_put(
         "m": r.m,
         "placement": r.placement,
         "stored_bytes": r.stored_bytes,
+        "deidentified": deidentified,
     }
     if study is not None:
         doc["study"] = study.summary()
@@ -509,11 +508,22 @@ def record_get(
     archive: Annotated[
         bool, typer.Option("--archive", help="Write an imaging study as its tar archive.")
     ] = False,
+    break_glass: Annotated[
+        bool,
+        typer.Option(
+            "--break-glass",
+            help="Emergency read outside care and consent (clinicians; needs --reason). "
+            "Flagged to the patient and the regulator.",
+        ),
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why (required with --break-glass).")] = "",
     node: NodeOpt = "",
     as_key: AsOpt = Path("key"),
     as_json: JsonOpt = False,
 ) -> None:
     """Log the read on the ledger, then fetch, verify and decrypt the record."""
+    if break_glass and not reason.strip():
+        raise InvalidInput("--break-glass needs --reason", code="REASON_REQUIRED")
     with client_for(node, as_key) as c:
         try:
             is_study = c.record(record_id)["type"] == STUDY_RECORD_TYPE and not archive
@@ -533,6 +543,8 @@ def record_get(
                 purpose=purpose,
                 progress=lambda n: prog.advance(task, n),
                 on_size=lambda s: prog.update(task, total=s),
+                break_glass=break_glass,
+                reason=reason,
             )
     if is_study:
         try:

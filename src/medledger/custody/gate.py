@@ -1,15 +1,19 @@
 """The release rule, shared by every custodian: pure and deterministic.
 
-A key (or key share) for record R is released to requester Q only if the
-access transaction named in the request is committed, was sent by Q, is a
+A key share for record R is released to requester Q only if the access
+transaction named in the request is committed, was sent by Q, is a
 ``record.read`` of R, executed with outcome ``allowed``, and is recent (its
-block time within the chain's grant TTL of the latest block).
+block time within the chain's grant TTL of the latest block) (``check_release``);
+and if the access policy, evaluated again against the custodian's committed
+state now, still allows that read (``check_decision``): a consent revoked, a
+care relationship ended or the record erased since the access event wins.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medledger.app.access import Decision
 from medledger.app.model import READ_RECORD, ReadRecordBody
 from medledger.codec import decode
 from medledger.errors import Forbidden
@@ -39,3 +43,13 @@ def check_release(proof: AccessProof, *, record_id: str, requester: str, ttl_ms:
         raise Forbidden("the committed access event denied this read", code="ACCESS_DENIED")
     if proof.latest_time_ms - proof.block_time_ms > ttl_ms:
         raise Forbidden("the access event has expired; request access again", code="ACCESS_EXPIRED")
+
+
+def check_decision(decision: Decision) -> None:
+    """Refuse a release that the policy, evaluated on committed state now, denies."""
+    if not decision.allowed:
+        raise Forbidden(
+            f"the access policy now denies this read (rule {decision.rule or 'unknown'}): "
+            f"{decision.reason}",
+            code="ACCESS_DENIED",
+        )

@@ -15,12 +15,20 @@ from pathlib import Path
 
 from medledger.codec import decode, encode
 from medledger.errors import NodeError, NotFound
-from medledger.ledger.block import Commit, Header, TxResult
+from medledger.ledger.block import Commit, Event, Header, TxResult
 
-SCHEMA_VERSION = 1
+# 2: audit_index rows carry the event, block time and tx hash, and a kind (issue 6)
+SCHEMA_VERSION = 2
 
+ALERTS_SUBJECT = "@regulator"  # app.model.REGULATOR_SUBJECT: rows whose outcome is a kind
+
+_META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);"
+
+# audit_index rows hold everything a listing shows (no block decoding). They are
+# appended in chain order (rowid), so a block's rows go to the end of the table;
+# audit_subject finds one subject's rows, oldest first, and audit_alerts, a partial
+# index over the regulator's rows only, finds alerts by kind.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY,
     hash BLOB NOT NULL,
@@ -34,9 +42,19 @@ CREATE TABLE IF NOT EXISTS tx_index (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_index (
-    subject TEXT NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL, ev INTEGER NOT NULL,
-    PRIMARY KEY (subject, height, idx, ev)
-) WITHOUT ROWID;
+    id INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    height INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    ev INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    tx_hash BLOB NOT NULL,
+    event BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS audit_subject ON audit_index (subject, height, idx, ev);
+CREATE INDEX IF NOT EXISTS audit_alerts ON audit_index (kind, height, idx, ev)
+    WHERE subject = '@regulator';
 """
 
 
@@ -48,6 +66,18 @@ class StoredBlock:
     commit: Commit
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One indexed audit event: where it is, when, in which transaction, and what."""
+
+    height: int
+    idx: int  # the transaction's index in its block
+    ev: int  # the event's index in the transaction's result
+    time_ms: int  # the block's time
+    tx_hash: bytes
+    event: Event
+
+
 class LedgerStore:
     """SQLite-backed blocks, state and indexes. Not thread-safe: one writer."""
 
@@ -57,17 +87,25 @@ class LedgerStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_META)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is not None and int.from_bytes(row[0], "big") != SCHEMA_VERSION:
+                found = int.from_bytes(row[0], "big")
+                self._db.close()
+                raise NodeError(
+                    f"ledger database {path} has schema version {found}, this node needs "
+                    f"{SCHEMA_VERSION}: re-create the node's data directory "
+                    "(see docs/operations.md)",
+                    code="STORE_SCHEMA",
+                )
             self._db.executescript(_SCHEMA)
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION.to_bytes(4, "big"),)
+                )
         except sqlite3.DatabaseError as exc:
             raise NodeError(f"ledger database {path} cannot be opened: {exc}", code="STORE_CORRUPT")
         self._lock = threading.Lock()
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION.to_bytes(4, "big"),)
-            )
-        elif int.from_bytes(row[0], "big") != SCHEMA_VERSION:
-            raise NodeError("ledger database has an unknown schema version", code="STORE_SCHEMA")
 
     def close(self) -> None:
         self._db.close()
@@ -130,8 +168,18 @@ class LedgerStore:
     ) -> None:
         """Persist a block, its state writes and consensus ``meta`` atomically and durably."""
         h = header.height
+        t = header.time_ms
         audit_rows = [
-            (ev.subject, h, i, j)
+            (
+                ev.subject,
+                h,
+                i,
+                j,
+                ev.outcome if ev.subject == ALERTS_SUBJECT else "",
+                t,
+                tx_hashes[i],
+                encode(ev),
+            )
             for i, r in enumerate(results)
             for j, ev in enumerate(r.events)
             if ev.subject
@@ -146,7 +194,11 @@ class LedgerStore:
                 [(th, h, i) for i, th in enumerate(tx_hashes)],
             )
             if audit_rows:
-                self._db.executemany("INSERT INTO audit_index VALUES (?, ?, ?, ?)", audit_rows)
+                self._db.executemany(
+                    "INSERT INTO audit_index (subject, height, idx, ev, kind, time_ms, tx_hash, event) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    audit_rows,
+                )
             self._apply_writes(writes)
             for key, value in (meta or {}).items():
                 self.set_meta(key, value)
@@ -179,13 +231,52 @@ class LedgerStore:
         ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]))
 
-    def audit_positions(self, subject: str, limit: int = 10_000) -> list[tuple[int, int, int]]:
+    # ---- audit index -----------------------------------------------------------------
+
+    def audit_positions(
+        self, subject: str, limit: int = 10_000, since_height: int = 0
+    ) -> list[tuple[int, int, int]]:
+        """(height, tx index, event index) of ``subject``'s events, oldest first."""
         rows = self._db.execute(
-            "SELECT height, idx, ev FROM audit_index WHERE subject=? "
+            "SELECT height, idx, ev FROM audit_index WHERE subject=? AND height>=? "
             "ORDER BY height, idx, ev LIMIT ?",
-            (subject, limit),
+            (subject, since_height, limit),
         ).fetchall()
         return [(int(a), int(b), int(c)) for a, b, c in rows]
+
+    def audit_events(
+        self, subject: str, *, limit: int = 10_000, since_height: int = 0
+    ) -> list[AuditRow]:
+        """``subject``'s events from ``since_height`` on, oldest first, at most ``limit``."""
+        rows = self._db.execute(
+            "SELECT height, idx, ev, time_ms, tx_hash, event FROM audit_index "
+            "WHERE subject=? AND height>=? ORDER BY height, idx, ev LIMIT ?",
+            (subject, since_height, limit),
+        ).fetchall()
+        return [_audit_row(r) for r in rows]
+
+    def audit_alerts(
+        self, *, kind: str | None = None, limit: int = 100, since_height: int = 0
+    ) -> list[AuditRow]:
+        """Regulator alerts (subject ``@regulator``) from ``since_height`` on, newest
+        first, at most ``limit``; only those of ``kind`` if given."""
+        # the subject is a literal so that SQLite may use the partial index
+        if kind is None:
+            sql = (
+                "SELECT height, idx, ev, time_ms, tx_hash, event FROM audit_index "
+                "WHERE subject='@regulator' AND height>=? "
+                "ORDER BY height DESC, idx DESC, ev DESC LIMIT ?"
+            )
+            params: tuple[object, ...] = (since_height, limit)
+        else:
+            sql = (
+                "SELECT height, idx, ev, time_ms, tx_hash, event FROM audit_index "
+                "INDEXED BY audit_alerts "
+                "WHERE subject='@regulator' AND kind=? AND height>=? "
+                "ORDER BY height DESC, idx DESC, ev DESC LIMIT ?"
+            )
+            params = (kind, since_height, limit)
+        return [_audit_row(r) for r in self._db.execute(sql, params).fetchall()]
 
 
 class _Transaction:
@@ -205,6 +296,18 @@ class _Transaction:
                 self._db.execute("ROLLBACK")
         finally:
             self._lock.release()
+
+
+def _audit_row(row: tuple[int, int, int, int, bytes, bytes]) -> AuditRow:
+    height, idx, ev, time_ms, tx_hash, event = row
+    return AuditRow(
+        height=int(height),
+        idx=int(idx),
+        ev=int(ev),
+        time_ms=int(time_ms),
+        tx_hash=bytes(tx_hash),
+        event=decode(event, Event),
+    )
 
 
 def _prefix_upper(prefix: bytes) -> bytes:

@@ -3,8 +3,8 @@
 It does what the core cannot: the clock (timeouts), the disk (write-ahead log,
 block store), the network (``p2p``), signing, block building and validation
 (through the application), block sync for nodes that fell behind, mempool gossip,
-evidence submission, and relaying key-release requests to the member institution
-that holds a record's key.
+evidence submission, and custody messages: relaying key-share deposits and
+release requests to the member institutions that hold a record's key shares.
 
 Order of effects, as CometBFT's ``consensus/state.go`` does it: every input is
 written to the WAL before the core handles it; every vote or proposal this node
@@ -46,7 +46,7 @@ from medledger.consensus.types import (
     TimeoutConfig,
 )
 from medledger.consensus.validators import ValidatorSet
-from medledger.errors import MedLedgerError, NodeError, Unavailable
+from medledger.errors import MedLedgerError, NodeError, Unavailable, from_wire
 from medledger.ledger.block import Commit, CommitSig, Validator, Vote, commit_vote, verify_commit
 from medledger.log import get_logger
 from medledger.node import wire
@@ -660,10 +660,14 @@ class ConsensusDriver:
                     self.spawn(self._sync(peer_id))
             elif isinstance(msg, wire.BlockRequest):
                 await self._serve_block(peer_id, msg)
-            elif isinstance(msg, (wire.BlockResponse, wire.KeyResponse)):
+            elif isinstance(msg, (wire.BlockResponse, wire.KeyResponse, wire.DepositResponse)):
                 self._answer(msg)
             elif isinstance(msg, wire.KeyRequest):
-                await self._serve_key(peer_id, msg)
+                # in a task: a custodian waiting for a block must not hold up this
+                # peer's reader (the votes that commit that block may come through it)
+                self.spawn(self._serve_key(peer_id, msg))
+            elif isinstance(msg, wire.DepositRequest):
+                self.spawn(self._serve_deposit(peer_id, msg))
         except MedLedgerError as exc:
             log.warning("p2p.message_failed", peer=peer_id, code=exc.code)
 
@@ -851,7 +855,7 @@ class ConsensusDriver:
             resp = wire.BlockResponse(height=req.height, block=None, commit=None)
         await self.peers.send(peer_id, wire.pack(resp))
 
-    # ---- request / response (block sync and remote key releases) ------------------------------
+    # ---- request / response (block sync, key-share deposits and releases) --------------------
 
     async def _request(self, peer_id: str, msg: Any, timeout: float = SYNC_TIMEOUT_S) -> Any:
         if self.peers is None:
@@ -880,8 +884,16 @@ class ConsensusDriver:
         return next(self._req_ids)
 
     async def fetch_key(
-        self, peer_id: str, record_id: str, access_tx: bytes, requester_pk: bytes, min_height: int
+        self,
+        peer_id: str,
+        record_id: str,
+        access_tx: bytes,
+        requester_pk: bytes,
+        min_height: int,
+        timeout: float = KEY_WAIT_S + 1.0,
     ) -> bytes:
+        """A member custodian's key share of a record, sealed to the requester: the
+        custodian checks the release gate against its own ledger first."""
         req = wire.KeyRequest(
             request_id=self.next_request_id(),
             record_id=record_id,
@@ -889,31 +901,70 @@ class ConsensusDriver:
             requester_public_key=requester_pk,
             min_height=min_height,
         )
-        resp = await self._request(peer_id, req)
+        resp = await self._request(peer_id, req, timeout)
         if resp.error:
-            from medledger.errors import from_wire
-
-            raise from_wire(
-                403 if resp.error.startswith("ACCESS") else 503, resp.error, resp.message
-            )
+            raise from_wire(resp.status or 503, resp.error, resp.message)
         sealed: bytes = resp.sealed_key
         return sealed
 
     async def _serve_key(self, peer_id: str, req: wire.KeyRequest) -> None:
         assert self.peers is not None
-        deadline = time.monotonic() + KEY_WAIT_S
-        while self.node.height < req.min_height and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)  # the access event is committed, just not here yet
+        await self._wait_height(req.min_height)  # the access event is committed, maybe not here
         try:
             sealed = self.node.release_key(req.record_id, req.access_tx, req.requester_public_key)
             resp = wire.KeyResponse(
-                request_id=req.request_id, sealed_key=sealed, error="", message=""
+                request_id=req.request_id, sealed_key=sealed, error="", message="", status=0
             )
+            self.node.metrics.key_releases.labels(outcome="released").inc()
+            log.info("custody.share_released", record_id=req.record_id, peer=peer_id)
         except MedLedgerError as exc:
             resp = wire.KeyResponse(
-                request_id=req.request_id, sealed_key=b"", error=exc.code, message=exc.message
+                request_id=req.request_id,
+                sealed_key=b"",
+                error=exc.code,
+                message=exc.message,
+                status=exc.http_status,
+            )
+            self.node.metrics.key_releases.labels(outcome="refused").inc()
+            log.info("custody.share_refused", record_id=req.record_id, code=exc.code)
+        await self.peers.send(peer_id, wire.pack(resp))
+
+    async def deposit_share(
+        self,
+        peer_id: str,
+        request: wire.SignedRequest,
+        min_height: int,
+        timeout: float = KEY_WAIT_S + 1.0,
+    ) -> None:
+        """Have a member custodian keep its share of a client's deposit (it verifies the
+        client's signature on the deposit itself); raise its refusal."""
+        req = wire.DepositRequest(
+            request_id=self.next_request_id(), request=request, min_height=min_height
+        )
+        resp = await self._request(peer_id, req, timeout)
+        if resp.error:
+            raise from_wire(resp.status or 503, resp.error, resp.message)
+
+    async def _serve_deposit(self, peer_id: str, req: wire.DepositRequest) -> None:
+        assert self.peers is not None
+        await self._wait_height(req.min_height)  # the depositor's enrolment, say
+        try:
+            self.node.custody.accept(req.request)
+            resp = wire.DepositResponse(request_id=req.request_id, error="", message="", status=0)
+        except MedLedgerError as exc:
+            log.info("custody.deposit_refused", peer=peer_id, code=exc.code)
+            resp = wire.DepositResponse(
+                request_id=req.request_id,
+                error=exc.code,
+                message=exc.message,
+                status=exc.http_status,
             )
         await self.peers.send(peer_id, wire.pack(resp))
+
+    async def _wait_height(self, height: int) -> None:
+        deadline = time.monotonic() + KEY_WAIT_S
+        while self.node.height < height and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def peer_for_institution(self, institution: str) -> str | None:
         for v in self.vset.validators:

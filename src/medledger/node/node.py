@@ -1,4 +1,4 @@
-"""The node: application, stores, mempool, storage, custody, and the consensus driver.
+"""The node: application, stores, mempool, storage, key custody, and the consensus driver.
 
 The protocol logic lives in pure cores (``consensus.tendermint``,
 ``app.Application``); ``node.driver`` runs consensus; this module holds the
@@ -21,6 +21,7 @@ from medledger.app.model import (
     REGISTER_RECORD,
     SUBMIT_EVIDENCE,
     EvidenceBody,
+    ReadRecordBody,
     RecordMeta,
     RegisterRecordBody,
     k_nonce,
@@ -28,7 +29,7 @@ from medledger.app.model import (
 from medledger.codec import decode
 from medledger.consensus.types import SignedVote, TimeoutConfig
 from medledger.crypto.keys import PrivateKey, PublicKey, identity_id_for, load_key_file
-from medledger.custody.gate import AccessProof, check_release
+from medledger.custody.gate import AccessProof, check_decision, check_release
 from medledger.custody.local import LocalCustodian
 from medledger.errors import (
     Forbidden,
@@ -51,6 +52,7 @@ from medledger.ledger.store import LedgerStore, StoredBlock
 from medledger.ledger.tx import SignedTx, decode_envelope, make_tx, tx_hash
 from medledger.log import get_logger
 from medledger.node.config import NodeConfig, load_config
+from medledger.node.custody_ops import CustodyOps
 from medledger.node.driver import ConsensusDriver
 from medledger.node.mempool import Mempool
 from medledger.node.metrics import NodeMetrics
@@ -126,6 +128,7 @@ class Node:
         self._block_cache: dict[int, StoredBlock] = {}
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
         self.storage = StorageOps(self)
+        self.custody = CustodyOps(self)
 
     # ---- start-up and recovery -------------------------------------------------------
 
@@ -332,8 +335,10 @@ class Node:
 
     def _admission_checks(self, stx: SignedTx) -> None:
         """Node-local checks that need this node's storage (not part of consensus): a
-        record is registered only for content whose manifest and key this node holds
-        and whose layout matches the transaction."""
+        record is registered only for content stored through this node, whose layout
+        matches the transaction, and whose key shares were deposited through this node
+        with exactly the transaction's custodians and threshold (this node's own share,
+        if it is one of them, held here)."""
         if stx.tx.kind != REGISTER_RECORD:
             return
         try:
@@ -344,23 +349,20 @@ class Node:
                 "the record's content is not stored through this node; upload it first",
                 code="CONTENT_NOT_STORED",
             )
-        if not self.custodian.has(stx.tx.sender, body.content_hash):
-            raise InvalidTransaction(
-                "no data key was deposited for this content; deposit it first",
-                code="KEY_NOT_DEPOSITED",
-            )
         if (
             manifest.size != body.size
             or len(manifest.chunks) != body.chunk_count
             or manifest.shard_root != body.shard_root
             or (manifest.k, manifest.m) != (body.k, body.m)
             or manifest.placement != body.placement
-            or body.custodian != self.config.name
         ):
             raise InvalidTransaction(
-                "size, chunks, layout or custodian differ from the stored manifest",
+                "size, chunks or layout differ from the stored manifest",
                 code="CONTENT_MISMATCH",
             )
+        self.custody.check_registration(
+            stx.tx.sender, body.custodians, body.threshold, body.content_hash
+        )
 
     def records(self) -> list[RecordMeta]:
         """Every record's committed entry, by record ID (a full scan)."""
@@ -563,17 +565,23 @@ class Node:
             self.storage.on_block(height, header.hash(), header.time_ms)
         except Exception:  # storage duties must never fail a durable commit
             log.exception("storage.on_block_failed", height=height)
+        try:
+            self.custody.on_block(block.txs, fin.results)
+        except Exception:  # nor erasing key shares (logged: the share stays, sealed)
+            log.exception("custody.on_block_failed", height=height)
         self.metrics.txs_committed.inc(len(block.txs))
         self.metrics.block_txs.observe(len(block.txs))
         self.metrics.block_seconds.observe(time.perf_counter() - started)
         self.metrics.mempool_txs.set(len(self.mempool))
         log.debug("block.committed", height=height, txs=len(block.txs))
 
-    # ---- custody across members ------------------------------------------------------------
+    # ---- custody (shares across members: node.custody_ops) ----------------------------------
 
     def check_gate(self, record_id: str, access_tx: bytes, requester_pk: bytes) -> RecordMeta:
         """The release gate, against this node's committed ledger: the access event for
-        ``record_id`` is committed, allowed, recent, and signed by ``requester_pk``."""
+        ``record_id`` is committed, allowed, recent, and signed by ``requester_pk``; and
+        the access policy, evaluated on the committed state now, still allows that read
+        (a consent revoked or the record erased since then refuses it)."""
         meta = self.app.query_record(record_id)
         if meta is None:
             raise NotFound("record not found", code="RECORD_NOT_FOUND")
@@ -598,35 +606,18 @@ class Node:
             requester=stx.tx.sender,
             ttl_ms=self.params.access_grant_ttl_ms,
         )
+        requester = self.app.query_identity(stx.tx.sender)
+        if requester is None:
+            raise Forbidden("the requester is not enrolled", code="ACCESS_DENIED")
+        body = decode(stx.tx.body, ReadRecordBody)
+        check_decision(self.app.evaluate_read(requester, body, max(latest, now_ms())))
         return meta
 
     def release_key(self, record_id: str, access_tx: bytes, requester_pk: bytes) -> bytes:
-        """Release a record's key, sealed to the requester, after the committed gate."""
+        """Release this custodian's share of a record's key, sealed to the requester,
+        after the gate (asked by a member node relaying a read)."""
         meta = self.check_gate(record_id, access_tx, requester_pk)
         return self.custodian.release(meta.creator, meta.content_hash, PublicKey(requester_pk))
-
-    def custodian_peer(self, meta: RecordMeta) -> str | None:
-        """The member node holding a record's key (where it was uploaded), if not this one."""
-        if self.driver is None or meta.custodian == self.config.name:
-            return None
-        return self.driver.peer_for_institution(meta.custodian)
-
-    async def release_for(self, meta: RecordMeta, access_tx: str, requester: PublicKey) -> bytes:
-        """This custodian's key release, or the holding member's (which checks the gate
-        itself against its own copy of the ledger)."""
-        if self.custodian.has(meta.creator, meta.content_hash):
-            return self.custodian.release(meta.creator, meta.content_hash, requester)
-        peer = self.custodian_peer(meta)
-        if peer is None or self.driver is None:
-            raise NotFound("no key is held for this record", code="KEY_NOT_FOUND")
-        receipt = self.receipt(bytes.fromhex(access_tx))
-        if receipt is None:
-            raise Forbidden("the access event is not committed", code="ACCESS_NOT_COMMITTED")
-        sealed = await self.driver.fetch_key(
-            peer, meta.record_id, bytes.fromhex(access_tx), requester.raw, receipt.height
-        )
-        self.metrics.key_releases.labels(outcome="relayed").inc()
-        return sealed
 
     def node_tx(self, kind: str, body: Any) -> bytes:
         """A transaction signed with this node's key, at its next nonce (evidence,

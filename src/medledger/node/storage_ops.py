@@ -8,6 +8,10 @@ against the shard root anchored on chain, reports failures as ``storage.alert``
 transactions, and repairs what failed: damaged shards are rebuilt in place,
 an unreachable service's column moves to a member that holds none of the
 record (``storage.repair``).
+
+Erased records (``erased_height``) are tombstones: they are never audited,
+repaired or counted, and when the erasure commits each node deletes its shards
+and its copy of the record's manifest (``drop_erased``).
 """
 
 from __future__ import annotations
@@ -270,7 +274,39 @@ class StorageOps:
     # ---- audits ------------------------------------------------------------------------------
 
     def stored_records(self) -> list[RecordMeta]:
-        return self.node.records()
+        """Live records (erased ones have no content left to audit, repair or count)."""
+        return [r for r in self.node.records() if not r.erased_height]
+
+    def drop_erased(self, manifest_cid: str) -> None:
+        """Delete this service's shards and manifest of an erased record, in the
+        background (unless a live record names the same manifest)."""
+        if not manifest_cid or any(r.content_hash == manifest_cid for r in self.stored_records()):
+            return
+        task = asyncio.create_task(self._drop(manifest_cid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drop(self, manifest_cid: str) -> None:
+        try:
+            manifest = await self.service.manifest(manifest_cid)
+        except NotFound:
+            return  # no column of it here
+        except MedLedgerError as exc:
+            log.warning("storage.erase_failed", manifest=manifest_cid, code=exc.code)
+            return
+        cids = [r.cid for r in manifest.chunks] + [r.cid for r in manifest.parity]
+
+        def delete_all() -> None:
+            for cid in cids:  # the shards of other columns are simply absent here
+                self.backend.delete(cid)
+            self.backend.delete(manifest_cid)  # last: it names what a failure left
+
+        try:
+            await asyncio.to_thread(delete_all)
+        except Exception:
+            log.exception("storage.erase_failed", manifest=manifest_cid)
+            return
+        log.info("storage.erased", manifest=manifest_cid, shards=len(cids))
 
     def challenges_at(self, height: int, count: int) -> tuple[bytes, list[Challenge]]:
         seed = self.node.block(height).header.hash()

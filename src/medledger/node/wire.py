@@ -23,6 +23,8 @@ BLOCK_RESPONSE = 6
 # 7 and 8 were chunk requests: shards now move over the storage services' HTTP API
 KEY_REQUEST = 9
 KEY_RESPONSE = 10
+DEPOSIT_REQUEST = 11
+DEPOSIT_RESPONSE = 12
 
 
 class Envelope(Record, frozen=True):
@@ -68,6 +70,8 @@ class BlockResponse(Record, frozen=True):
 
 
 class KeyRequest(Record, frozen=True):
+    """Release your share of a record's key to this requester (a relayed read)."""
+
     request_id: int
     record_id: str
     access_tx: bytes
@@ -77,9 +81,36 @@ class KeyRequest(Record, frozen=True):
 
 class KeyResponse(Record, frozen=True):
     request_id: int
-    sealed_key: bytes
+    sealed_key: bytes  # the custodian's key share, sealed to the requester
     error: str
     message: str
+    status: int  # the error's HTTP status (0 when released)
+
+
+class SignedRequest(Record, frozen=True):
+    """A client's signed API request, forwarded as the client signed it (see
+    ``api.signing``): a custodian verifies the client's signature itself."""
+
+    public_key: bytes
+    time_ms: int
+    signature: bytes
+    path: str
+    body: bytes
+
+
+class DepositRequest(Record, frozen=True):
+    """Keep your share of a deposit (the client's signed deposit request)."""
+
+    request_id: int
+    request: SignedRequest
+    min_height: int  # the relaying node's height: the custodian waits to have committed it
+
+
+class DepositResponse(Record, frozen=True):
+    request_id: int
+    error: str  # "" when the share is kept
+    message: str
+    status: int
 
 
 _TYPES: dict[int, type[Any]] = {
@@ -91,6 +122,8 @@ _TYPES: dict[int, type[Any]] = {
     BLOCK_RESPONSE: BlockResponse,
     KEY_REQUEST: KeyRequest,
     KEY_RESPONSE: KeyResponse,
+    DEPOSIT_REQUEST: DepositRequest,
+    DEPOSIT_RESPONSE: DepositResponse,
 }
 _KINDS = {t: k for k, t in _TYPES.items()}
 
