@@ -25,6 +25,7 @@ from medledger.api import signing
 from medledger.api.audit_routes import add_audit_routes, event_json
 from medledger.api.consent_routes import add_consent_routes
 from medledger.api.custody_routes import add_custody_routes
+from medledger.api.params import parse_hash
 from medledger.api.storage_routes import add_storage_routes, frame_items
 from medledger.app import access, consents
 from medledger.app.model import (
@@ -166,16 +167,6 @@ def create_app(node: Node) -> FastAPI:
     add_custody_routes(app, node, authenticate, role_in)
     add_consent_routes(app, node, authenticate)
     add_audit_routes(app, node, authenticate, role_in)
-
-    async def json_body(request: Request) -> dict[str, Any]:
-        body = await read_small_body(request)
-        try:
-            doc = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            raise InvalidInput("body is not JSON", code="BAD_JSON")
-        if not isinstance(doc, dict):
-            raise InvalidInput("body must be a JSON object", code="BAD_JSON")
-        return doc
 
     # ---- health, metrics, status ----------------------------------------------------------
 
@@ -486,16 +477,6 @@ def fast_json(doc: Any) -> Response:
 
 def validator_json(v: Validator) -> dict[str, Any]:
     return {"name": v.name, "id": v.id, "public_key": v.public_key.hex(), "power": v.power}
-
-
-def parse_hash(value: str) -> bytes:
-    try:
-        h = bytes.fromhex(value)
-    except ValueError:
-        raise InvalidInput("not a hex hash", code="BAD_HASH")
-    if len(h) != 32:
-        raise InvalidInput("a hash is 32 bytes", code="BAD_HASH")
-    return h
 
 
 def check_id(value: str) -> str:

@@ -20,6 +20,7 @@ import msgspec
 from fastapi import FastAPI, Request
 
 from medledger.api import signing
+from medledger.api.params import parse_hash
 from medledger.app.model import is_record_id
 from medledger.errors import InvalidInput, MedLedgerError
 from medledger.log import get_logger
@@ -28,16 +29,6 @@ from medledger.node.custody_ops import DEPOSIT_PATH, DEPOSITOR_ROLES
 from medledger.node.node import Node
 
 log = get_logger("medledger.api")
-
-
-def _parse_hash(value: str) -> bytes:
-    try:
-        h = bytes.fromhex(value)
-    except ValueError:
-        raise InvalidInput("not a hex hash", code="BAD_HASH")
-    if len(h) != 32:
-        raise InvalidInput("a hash is 32 bytes", code="BAD_HASH")
-    return h
 
 
 def add_custody_routes(
@@ -84,7 +75,7 @@ def add_custody_routes(
         try:
             doc = msgspec.json.decode(await request.body())
             record_id = str(doc["record_id"])
-            access_tx = _parse_hash(str(doc["access_tx"]))
+            access_tx = parse_hash(str(doc["access_tx"]))
         except (msgspec.DecodeError, KeyError, TypeError):
             raise InvalidInput("release needs record_id and access_tx", code="BAD_REQUEST")
         if not is_record_id(record_id):

@@ -7,8 +7,9 @@ block context (time), and every node reaches the same decision.
 Reads (``decide_read``), in order:
 
 1. a suspended identity, or an erased record: denied;
-2. the patient, and the patient's proxies: allowed;
-3. regulators, admins and nodes never read content;
+2. the patient: allowed;
+3. regulators, admins and nodes never read content (not even as a proxy);
+   the patient's proxies: allowed;
 4. a *deny* consent provision matching the reader (identity or institution),
    purpose and record: denied, unless it is a clinician's break-glass read;
 5. break-glass (clinicians only, with a reason): allowed and flagged;
@@ -111,12 +112,14 @@ def decide_read(
         return _deny("record_erased", "the record was erased at the patient's request")
     if actor.id == record.patient and actor.role == _PATIENT:
         return _allow("own_record", "own record")
-    if facts.is_proxy:
-        return _allow("proxy", "proxy of the patient")
     if actor.role == _REGULATOR:
         return _deny("regulator_no_content", "regulators see metadata and audit trails only")
-    if actor.role in (_ADMIN, _NODE, _PATIENT):
+    if actor.role in (_ADMIN, _NODE):
         return _deny("role_no_content", f"role {actor.role} may not read this record")
+    if facts.is_proxy:
+        return _allow("proxy", "proxy of the patient")
+    if actor.role == _PATIENT:
+        return _deny("role_no_content", "patients read their own records only")
     matching = [c for c in facts.consents if consent_matches(c, actor, record, purpose, now_ms)]
     denied_by = next((c for c in matching if not c.permit), None)
     permitted_by = next((c for c in matching if c.permit), None)

@@ -52,6 +52,7 @@ MAX_CONSENT_RECORDS = 64
 MAX_CONSENT_TYPES = 16
 MAX_PROXIES = 8
 REFERRAL_PURPOSES = ("referral", "treatment")
+NO_PROXY_ROLES = frozenset({Role.REGULATOR.value, Role.ADMIN.value, Role.NODE.value})
 
 
 class ConsentRuleError(MedLedgerError):
@@ -227,8 +228,6 @@ def start_care(
         raise ConsentRuleError("the clinician is not enrolled", code="UNKNOWN_IDENTITY")
     if body.kind not in CARE_KINDS:
         raise ConsentRuleError(f"care kind must be one of {', '.join(sorted(CARE_KINDS))}")
-    if in_care(view, patient.id, clinician.id):
-        raise ConsentRuleError("the care relationship already exists", code="ALREADY_IN_CARE")
     consented = any(
         c.permit and access.consent_matches(c, clinician, _any_record(patient.id), p, now_ms)
         for c in active_consents(view, patient.id)
@@ -237,6 +236,8 @@ def start_care(
     decision = access.may_start_care(sender, clinician, patient, consented)
     if not decision.allowed:
         raise ConsentRuleError(f"{decision.rule}: {decision.reason}", code="NOT_AUTHORIZED")
+    if in_care(view, patient.id, clinician.id):  # only told to those who may start it
+        raise ConsentRuleError("the care relationship already exists", code="ALREADY_IN_CARE")
     view.put(
         k_care(patient.id, clinician.id),
         CareRelation(
@@ -274,28 +275,33 @@ def set_proxy(
 ) -> tuple[list[Event], dict[str, str]]:
     if sender.role != Role.PATIENT:
         raise ConsentRuleError("only a patient names their proxies", code="NOT_AUTHORIZED")
-    proxy = view.get(k_identity(body.proxy), Identity)
-    if proxy is None or proxy.status != ACTIVE:
-        raise ConsentRuleError("the proxy is not an active identity", code="UNKNOWN_IDENTITY")
-    if proxy.id == sender.id:
-        raise ConsentRuleError("a patient is not their own proxy")
     current = (view.get(k_proxies(sender.id), ProxyList) or ProxyList(proxies=[])).proxies
     if body.active:
+        proxy = view.get(k_identity(body.proxy), Identity)
+        if proxy is None or proxy.status != ACTIVE:
+            raise ConsentRuleError("the proxy is not an active identity", code="UNKNOWN_IDENTITY")
+        if proxy.id == sender.id:
+            raise ConsentRuleError("a patient is not their own proxy")
+        if proxy.role in NO_PROXY_ROLES:
+            # they would read content, and an admin could request and approve an erasure alone
+            raise ConsentRuleError(
+                f"a {proxy.role} identity cannot act as a patient's proxy", code="NOT_AUTHORIZED"
+            )
         if proxy.id in current:
             raise ConsentRuleError("already a proxy of this patient", code="ALREADY_PROXY")
         if len(current) >= MAX_PROXIES:
             raise ConsentRuleError(f"at most {MAX_PROXIES} proxies")
-        updated = sorted([*current, proxy.id])
-    else:
-        if proxy.id not in current:
+        updated = sorted([*current, body.proxy])
+    else:  # removal works for any listed proxy, suspended ones too
+        if body.proxy not in current:
             raise ConsentRuleError("not a proxy of this patient", code="NOT_A_PROXY")
-        updated = [p for p in current if p != proxy.id]
+        updated = [p for p in current if p != body.proxy]
     if updated:
         view.put(k_proxies(sender.id), ProxyList(proxies=updated))
     else:
         view.delete(k_proxies(sender.id))
     action = "proxy.add" if body.active else "proxy.remove"
-    return [_event(action, sender, sender.id, f"proxy={proxy.id}")], {"proxy": proxy.id}
+    return [_event(action, sender, sender.id, f"proxy={body.proxy}")], {"proxy": body.proxy}
 
 
 def _any_record(patient: str) -> RecordMeta:

@@ -214,14 +214,14 @@ def approve_erasure(
     """Tombstone the record: custodians delete their key shares when they see this
     committed (crypto-shredding), storage services may drop its shards."""
     record = _live_record(view, body.record_id)
-    request = view.get(k_erase_request(record.record_id), EraseRequest)
-    if request is None:
-        raise ReadRuleError(
-            "no erasure request is pending for this record", code="NO_ERASURE_REQUEST"
-        )
     decision = access.may_approve_erasure(sender, record)
     if not decision.allowed:
         raise ReadRuleError(decision.reason, code="NOT_AUTHORIZED")
+    request = view.get(k_erase_request(record.record_id), EraseRequest)
+    if request is None:  # only told to those who may approve
+        raise ReadRuleError(
+            "no erasure request is pending for this record", code="NO_ERASURE_REQUEST"
+        )
     view.delete(k_erase_request(record.record_id))
     view.put(k_record(record.record_id), tombstone(record, height))
     detail = f"requested_by={request.requested_by} approved_by={sender.id} rule={decision.rule}"
