@@ -15,8 +15,9 @@ data key (shards are ciphertext).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -322,6 +323,7 @@ class _ColumnSource:
         self._column = column
         self._queue: asyncio.Queue[ColumnShard] = asyncio.Queue(QUEUE)
         self._dead = "" if endpoint is not None else "STORAGE_SERVICE_UNKNOWN"
+        self._closed = False
         self._task: asyncio.Task[None] | None = None
         if endpoint is not None:
             verify = not isinstance(endpoint, LocalEndpoint)  # the backend verified its own
@@ -329,14 +331,10 @@ class _ColumnSource:
                 self._pump(endpoint.column(manifest, manifest_cid, column, start), verify)
             )
 
-    async def _pump(self, items: AsyncIterator[ColumnShard], verify: bool) -> None:
+    async def _pump(self, items: AsyncGenerator[ColumnShard, None], verify: bool) -> None:
         try:
-            async for item in items:
-                if item.data is not None and verify:
-                    ref = self._manifest.shard(item.stripe, self._column)
-                    if ref is None or not await self._owner._run(_matches, item.data, ref.cid):
-                        item = ColumnShard(item.stripe, None, "SHARD_CORRUPT")
-                await self._queue.put(item)
+            async with contextlib.aclosing(items):  # a cancelled pump closes the stream too
+                await self._pump_items(items, verify)
             end = "STREAM_ENDED"
         except MedLedgerError as exc:
             end = exc.code
@@ -344,7 +342,18 @@ class _ColumnSource:
         except Exception as exc:  # a broken stream from a peer: treat the column as gone
             end = "STORAGE_SERVICE_UNAVAILABLE"
             log.warning("storage.column_unavailable", column=self._column, error=repr(exc))
-        await self._queue.put(ColumnShard(-1, None, end))
+        if not self._closed:
+            await self._queue.put(ColumnShard(-1, None, end))
+
+    async def _pump_items(self, items: AsyncIterator[ColumnShard], verify: bool) -> None:
+        async for item in items:
+            if self._closed:
+                continue  # read the stream to its end: the connection goes back to the pool
+            if item.data is not None and verify:
+                ref = self._manifest.shard(item.stripe, self._column)
+                if ref is None or not await self._owner._run(_matches, item.data, ref.cid):
+                    item = ColumnShard(item.stripe, None, "SHARD_CORRUPT")
+            await self._queue.put(item)
 
     async def get(self, stripe: int) -> ColumnShard:
         if self._task is None:
@@ -360,8 +369,13 @@ class _ColumnSource:
                 return ColumnShard(stripe, None, item.code)
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop queueing. The pump is not cancelled: an HTTP response cancelled mid-read
+        can leave its connection checked out of httpx's pool for good (seen here: every
+        read leaked one, and the 17th read waited the pool timeout). It reads the rest of
+        the column stream, dropping it, bounded by the read timeout."""
+        self._closed = True
+        while not self._queue.empty():  # unblock a pump waiting for room
+            self._queue.get_nowait()
 
 
 def _matches(data: bytes, cid: str) -> bool:

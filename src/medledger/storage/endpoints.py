@@ -9,7 +9,7 @@ import base64
 import contextlib
 import http.client
 import queue
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -38,7 +38,7 @@ class ShardEndpoint(Protocol):
 
     def column(
         self, manifest: Manifest, manifest_cid: str, column: int, start: int
-    ) -> AsyncIterator[ColumnShard]: ...
+    ) -> AsyncGenerator[ColumnShard, None]: ...
 
     async def manifest_bytes(self, manifest_cid: str) -> bytes: ...
 
@@ -67,7 +67,7 @@ class LocalEndpoint:
 
     def column(
         self, manifest: Manifest, manifest_cid: str, column: int, start: int
-    ) -> AsyncIterator[ColumnShard]:
+    ) -> AsyncGenerator[ColumnShard, None]:
         return self.service.column(manifest, column, start)
 
     async def manifest_bytes(self, manifest_cid: str) -> bytes:
@@ -179,7 +179,7 @@ class RemoteEndpoint:
 
     async def column(
         self, manifest: Manifest, manifest_cid: str, column: int, start: int
-    ) -> AsyncIterator[ColumnShard]:
+    ) -> AsyncGenerator[ColumnShard, None]:
         path_qs = f"{PREFIX}/manifests/{quote(manifest_cid)}/columns/{column}?start={start}"
         headers = self._headers("GET", path_qs, signing.body_hash(b""))
         stripes = iter(

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -202,7 +202,7 @@ class ShardService:
 
     async def column(
         self, manifest: Manifest, column: int, start: int = 0, *, verify: bool = True
-    ) -> AsyncIterator[ColumnShard]:
+    ) -> AsyncGenerator[ColumnShard, None]:
         """The shards of ``column`` from stripe ``start`` on, each verified (unless the
         reader verifies them itself, as a remote coordinator does); a missing or corrupt
         one comes as a ``ColumnShard`` without data and the stream goes on. Implicit
