@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from medledger.client import Client
+
 from .harness import Consortium, Identity, assert_cli_error, cli_json, run_cli
 from .test_consortium import api, enroll_as, home
 from .test_erasure_storage import start_quad
@@ -246,3 +248,15 @@ def test_after_erasure_nobody_reads_the_record(quad: Consortium, cast: Cast) -> 
     assert_denied(r, "record_erased")
     actions = [e["action"] for e in audit_of(quad, cast) if e["record_id"] == rid]
     assert actions[:3] == ["write", "erase.request", "erase"]
+
+
+def test_many_reads_through_one_node_keep_working(quad: Consortium, cast: Cast) -> None:
+    # regression: every read used to leave one pooled connection to a remote shard service
+    # checked out, so the 17th read through a node waited out the 60 s pool timeout
+    data = os.urandom(10_000)
+    rid = put(quad, cast, data)
+    out = quad.work / "many-reads.bin"
+    with Client(api(quad, "hospital-b"), cast.patient.key, timeout=20.0) as cl:
+        for _ in range(24):
+            cl.get_record(rid, out, purpose="patient-access")
+            assert out.read_bytes() == data
