@@ -52,6 +52,7 @@ from medledger.app.model import (
     SetProxyBody,
     VoteMemberBody,
 )
+from medledger.app.storage import min_custody_threshold
 from medledger.codec import decode, encode
 from medledger.crypto.aead import new_data_key
 from medledger.crypto.cid import cid_for
@@ -328,28 +329,30 @@ class Client:
             )
 
     def custodians(self) -> dict[str, Any]:
-        """``{"threshold_pct", "custodians": [{"institution", "public_key", "reachable"}]}``:
+        """``{"threshold_num", "threshold_den", "custodians": [{"institution",
+        "public_key", "reachable"}]}``:
         the institutions that may hold key shares, as the node sees them now."""
         doc: dict[str, Any] = self.get_json("/api/v1/custody/custodians")
         return doc
 
     def custody_plan(self) -> tuple[list[str], list[PublicKey], int]:
         """Who gets a key share (every reachable custodian, in the node's order) and the
-        threshold: at least ``threshold_pct`` % of them. Refused (``CUSTODIANS_UNREACHABLE``)
+        threshold: at least ``threshold_num/threshold_den`` of them. Refused
+        (``CUSTODIANS_UNREACHABLE``)
         when fewer are reachable than that share of all custodians."""
         doc = self.custodians()
-        pct = int(doc["threshold_pct"])
+        fraction = (int(doc["threshold_num"]), int(doc["threshold_den"]))
         every = list(doc["custodians"])
         reachable = [c for c in every if c["reachable"]]
-        if not every or len(reachable) < _least(pct, len(every)):
+        if not every or len(reachable) < min_custody_threshold(len(every), fraction):
             raise Unavailable(
                 f"{len(reachable)} of {len(every)} key custodians are reachable from the node; "
-                f"{_least(pct, len(every))} are needed to store a record",
+                f"{min_custody_threshold(len(every), fraction)} are needed to store a record",
                 code="CUSTODIANS_UNREACHABLE",
             )
         names = [str(c["institution"]) for c in reachable]
         keys = [PublicKey.from_hex(str(c["public_key"])) for c in reachable]
-        return names, keys, _least(pct, len(reachable))
+        return names, keys, min_custody_threshold(len(reachable), fraction)
 
     def put_stream(
         self,
@@ -624,11 +627,6 @@ def _receive_record(
     if decryptor is None or index != len(decryptor.manifest.chunks) or parser.pending:
         raise IntegrityError("the node's stream ended early", code="DOWNLOAD_TRUNCATED")
     return decryptor.manifest.size
-
-
-def _least(pct: int, n: int) -> int:
-    """Key shares needed of ``n`` custodians: at least ``pct`` % (as ``check_custody``)."""
-    return max(1, -(-n * pct // 100))
 
 
 def _suspend_body(identity_id: str, reason: str) -> Any:

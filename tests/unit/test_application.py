@@ -490,7 +490,7 @@ def test_register_permissions(world: World, author: str, patient: str, ok: bool)
         ({"custodians": []}, "BAD_CUSTODY"),
         ({"custodians": ["nowhere"]}, "BAD_CUSTODY"),  # not an institution
         ({"custodians": ["alpha", "alpha"], "threshold": 2}, "BAD_CUSTODY"),  # duplicate
-        ({"custodians": ["alpha", "beta"], "threshold": 1}, "BAD_CUSTODY"),  # < 67% of 2
+        ({"custodians": ["alpha", "beta"], "threshold": 1}, "BAD_CUSTODY"),  # < 2/3 of 2
         ({"custodians": ["alpha"], "threshold": 0}, "BAD_CUSTODY"),
         ({"custodians": ["alpha"], "threshold": 2}, "BAD_CUSTODY"),  # more than n
         ({"custodians": ["alpha", "beta"], "threshold": 3}, "BAD_CUSTODY"),
@@ -526,7 +526,7 @@ def test_register_custodian_must_be_a_validator_institution() -> None:
 
 @pytest.mark.parametrize(
     ("n", "least"),
-    [(1, 1), (2, 2), (3, 3), (4, 3), (5, 4), (6, 5), (7, 5)],  # ceil(67% of n)
+    [(1, 1), (2, 2), (3, 2), (4, 3), (5, 4), (6, 4), (7, 5)],  # ceil(2n/3)
 )
 def test_register_custody_threshold_bounds(n: int, least: int) -> None:
     names = [f"inst{i}" for i in range(n)]

@@ -41,7 +41,8 @@ def add_custody_routes(
     async def custodians(request: Request) -> dict[str, Any]:
         await authenticate(request)
         return {
-            "threshold_pct": node.params.custody_threshold_pct,
+            "threshold_num": node.params.custody_threshold_num,
+            "threshold_den": node.params.custody_threshold_den,
             "custodians": node.custody.custodians(),
         }
 

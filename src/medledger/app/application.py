@@ -445,7 +445,9 @@ class Application:
             raise ExecError("content hash is not a CIDv1", code="BAD_CID")
         if not 0 <= body.size < MAX_SIZE or not 0 <= body.chunk_count < MAX_SIZE:
             raise ExecError("size out of range", code="TX_MALFORMED")
-        storage.check_layout(view, body, self.genesis.params.custody_threshold_pct)
+        params = self.genesis.params
+        fraction = (params.custody_threshold_num, params.custody_threshold_den)
+        storage.check_layout(view, body, fraction)
         record_id = record_id_for(stx.hash)
         meta = RecordMeta(
             record_id=record_id,

@@ -43,9 +43,18 @@ def _member(view: StateView, name: str) -> bool:
     return view.get(k_institution(name), Institution) is not None
 
 
-def check_custody(view: StateView, custodians: list[str], threshold: int, pct: int) -> None:
+def min_custody_threshold(n: int, fraction: tuple[int, int]) -> int:
+    """Key shares needed of ``n`` custodians: at least ``num/den`` of them, rounded up
+    (2/3: 1 of 1, 2 of 2, 2 of 3, 3 of 4, 4 of 5, 4 of 6, 5 of 7)."""
+    num, den = fraction
+    return max(1, -(-n * num // max(1, den)))
+
+
+def check_custody(
+    view: StateView, custodians: list[str], threshold: int, fraction: tuple[int, int]
+) -> None:
     """Key custody: distinct validator institutions, each holding one Shamir share,
-    and a threshold of at least ``pct``% of them (a 2/3 majority by default)."""
+    and a threshold of at least ``fraction`` of them (a 2/3 majority by default)."""
     members = {v.name for v in current_validators(view) if v.power > 0}
     if not custodians or len(set(custodians)) != len(custodians):
         raise StorageRuleError("custodians must be distinct institutions", code="BAD_CUSTODY")
@@ -54,7 +63,7 @@ def check_custody(view: StateView, custodians: list[str], threshold: int, pct: i
             raise StorageRuleError(
                 f"custodian {name!r} is not a validator institution", code="BAD_CUSTODY"
             )
-    least = max(1, -(-len(custodians) * pct // 100))
+    least = min_custody_threshold(len(custodians), fraction)
     if not least <= threshold <= len(custodians):
         raise StorageRuleError(
             f"custody threshold must be between {least} and {len(custodians)} "
@@ -63,7 +72,7 @@ def check_custody(view: StateView, custodians: list[str], threshold: int, pct: i
         )
 
 
-def check_layout(view: StateView, body: RegisterRecordBody, threshold_pct: int) -> None:
+def check_layout(view: StateView, body: RegisterRecordBody, fraction: tuple[int, int]) -> None:
     """A new record's erasure layout: parameters in range, k+m distinct member
     institutions, a 32-byte shard root, and its key custody."""
     if not 1 <= body.k <= MAX_K or not 0 <= body.m <= MAX_M:
@@ -80,7 +89,7 @@ def check_layout(view: StateView, body: RegisterRecordBody, threshold_pct: int) 
             raise StorageRuleError(
                 f"placement names unknown institution {name!r}", code="BAD_PLACEMENT"
             )
-    check_custody(view, body.custodians, body.threshold, threshold_pct)
+    check_custody(view, body.custodians, body.threshold, fraction)
     if len(body.shard_root) != 32:
         raise StorageRuleError("shard root must be 32 bytes", code="TX_MALFORMED")
 

@@ -30,7 +30,9 @@ class ChainParams(Record, frozen=True):
     access_grant_ttl_ms: int = 10 * 60 * 1000
     storage_audit_epoch: int = 20  # blocks between storage audits
     storage_audit_challenges: int = 16  # shards challenged per audit
-    custody_threshold_pct: int = 67  # key shares needed: at least this % of member custodians
+    # key shares needed: at least num/den of a record's custodians (a 2/3 majority: 3 of 4)
+    custody_threshold_num: int = 2
+    custody_threshold_den: int = 3
     access_spike_reads: int = 50  # reads by one identity per window that raise an alert
     access_spike_window_ms: int = 60 * 60 * 1000  # the spike window (block time)
 

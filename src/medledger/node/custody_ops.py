@@ -200,7 +200,7 @@ class CustodyOps:
                 self.node.app.committed_view(),
                 doc.custodians,
                 doc.threshold,
-                self.node.params.custody_threshold_pct,
+                (self.node.params.custody_threshold_num, self.node.params.custody_threshold_den),
             )
         except StorageRuleError as exc:
             raise InvalidInput(exc.message, code=exc.code)
