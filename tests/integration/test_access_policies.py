@@ -107,12 +107,17 @@ def test_consent_grants_then_revocation_denies_from_the_next_block(
     r, got = get(quad, "hospital-b", cast.doc_b, rid)
     assert r.code == 0, r.err
     assert got == data
+    # the consent also shows the grantee the record's metadata
+    shown = cli_json("record", "show", rid, *as_(quad, "hospital-b", cast.doc_b))
+    assert (shown["record_id"], shown["type"]) == (rid, "note")
 
     revoked = cli_json("consent", "revoke", consent_id, *as_(quad, "hospital-a", cast.patient))
     r, got = get(quad, "hospital-b", cast.doc_b, rid)
     assert_denied(r, "not_in_care")
     assert got is None
     assert cli_json("consent", "ls", *as_(quad, "hospital-a", cast.patient))["consents"] == []
+    r = run_cli("record", "show", rid, "--json", *as_(quad, "hospital-b", cast.doc_b))
+    assert_cli_error(r, "ACCESS_DENIED")
     # the denial is in a later block than the revocation, and on the patient's trail
     events = audit_of(quad, cast)
     revoke_ev = next(e for e in events if e["action"] == "consent.revoke")

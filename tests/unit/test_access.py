@@ -309,3 +309,25 @@ def test_care_and_erasure_approvals() -> None:
     assert access.may_act_for(local, PATIENT, False).allowed
     assert access.may_act_for(doc, PATIENT, True).rule == "proxy"
     assert not access.may_act_for(doc, PATIENT, False).allowed
+
+
+def test_metadata_follows_care_and_consent() -> None:
+    doc = ident("clinician", "beta")
+    assert not access.may_view_metadata(doc, RECORD)
+    assert access.may_view_metadata(doc, RECORD, access.ReadFacts(in_care=True), NOW)
+    granted = access.ReadFacts(consents=[consent(doc.id, ["referral"])])
+    assert access.may_view_metadata(doc, RECORD, granted, NOW)
+    denied = access.ReadFacts(consents=[consent(doc.id, ["referral"], permit=False)])
+    assert not access.may_view_metadata(doc, RECORD, denied, NOW)
+    expired = access.ReadFacts(consents=[consent(doc.id, ["referral"], end_ms=NOW)])
+    assert not access.may_view_metadata(doc, RECORD, expired, NOW)
+    other_type = access.ReadFacts(consents=[consent(doc.id, ["treatment"], types=["lab"])])
+    assert not access.may_view_metadata(doc, RECORD, other_type, NOW)
+    # a researcher named by a consent sees the record's metadata, not by care
+    res = ident("researcher", "beta")
+    assert access.may_view_metadata(
+        res, RECORD, access.ReadFacts(consents=[consent(res.id, ["research"])]), NOW
+    )
+    assert not access.may_view_metadata(res, RECORD, access.ReadFacts(in_care=True), NOW)
+    suspended = ident("regulator", "beta", status=SUSPENDED)
+    assert not access.may_view_metadata(suspended, RECORD)

@@ -798,3 +798,18 @@ def test_too_many_active_consents(world: World) -> None:
     assert rule(read(w, "beta.clinician")) == "consent"
     assert chain.block([revoke_tx(w, listed.ids[0])]).results[0].ok
     assert chain.block([grant_tx(w, "alpha.patient", "beta")]).results[0].ok
+
+
+def test_expired_consents_leave_the_active_list_at_the_next_grant(world: World) -> None:
+    w, chain = world, world.chain
+    # blocks are 1 s apart: granted in the next block, read in the one after, then expired
+    short = grant(w, "beta.clinician", end_ms=chain.time_ms + 2500)
+    assert rule(read(w, "beta.clinician")) == "consent"
+    assert rule(read(w, "beta.clinician")) == "not_in_care"  # expired by block time
+    patient = w["alpha.patient"].id
+    assert decode(chain.state[k_patient_consents(patient)], ConsentList).ids == [short]
+    fresh = grant(w, "beta.clinician2")
+    assert decode(chain.state[k_patient_consents(patient)], ConsentList).ids == [fresh]
+    expired = decode(chain.state[k_consent(short)], Consent)
+    assert (expired.status, expired.revoked_height) == ("inactive", 0)
+    expect_refused(chain, revoke_tx(w, short, "alpha.patient"), "CONSENT_INACTIVE")

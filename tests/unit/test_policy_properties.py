@@ -538,6 +538,10 @@ class Run:
                 assert res.code == "TX_MALFORMED", res
             else:
                 assert res.ok, res
+                # a successful grant retires the patient's consents whose period ended
+                for old_id, old in list(self.m.consents.items()):
+                    if old.patient == pid and old.active and old.end_ms and old.end_ms <= now:
+                        self.m.consents[old_id] = MConsent(**{**old.__dict__, "active": False})
                 self.m.consents[cid] = MConsent(
                     consent_id=cid,
                     patient=pid,

@@ -286,9 +286,12 @@ def create_app(node: Node) -> FastAPI:
     @app.get("/api/v1/records")
     async def list_records(patient: str, caller: Caller = Depends(caller_dep)) -> dict[str, Any]:
         check_id(patient)
-        proxy = consents.is_proxy(node.app.committed_view(), patient, caller.identity.id)
-        decision = access.may_list_records(caller.identity, patient, proxy)
-        if not decision.allowed:
+        facts = consents.patient_facts(node.app.committed_view(), caller.identity, patient)
+        now = node.last_header.time_ms if node.last_header else 0
+        decision = access.may_list_records(caller.identity, patient, facts.is_proxy)
+        if not decision.allowed and not any(
+            c.permit and access.names_actor(c, caller.identity) for c in facts.consents
+        ):
             raise Forbidden(decision.reason, code="ACCESS_DENIED")
         records = []
         rows = node.reader.scan_prefix(p_patient_records(patient), LIST_LIMIT + 1)
@@ -296,7 +299,7 @@ def create_app(node: Node) -> FastAPI:
         for key, _ in rows[:LIST_LIMIT]:
             record_id = key.rsplit(b"/", 1)[1].decode()
             meta = node.app.query_record(record_id)
-            if meta is not None and access.may_view_metadata(caller.identity, meta, proxy):
+            if meta is not None and access.may_view_metadata(caller.identity, meta, facts, now):
                 records.append(record_json(meta))
         records.sort(key=lambda r: (r["height"], r["record_id"]))
         return {"patient": patient, "records": records, "truncated": truncated}
@@ -339,8 +342,9 @@ def create_app(node: Node) -> FastAPI:
         meta = node.app.query_record(record_id)
         if meta is None:
             raise NotFound("record not found", code="RECORD_NOT_FOUND")
-        proxy = consents.is_proxy(node.app.committed_view(), meta.patient, caller.identity.id)
-        if not access.may_view_metadata(caller.identity, meta, proxy):
+        facts = consents.read_facts(node.app.committed_view(), caller.identity, meta)
+        now = node.last_header.time_ms if node.last_header else 0
+        if not access.may_view_metadata(caller.identity, meta, facts, now):
             raise Forbidden("record metadata is not visible to this caller", code="ACCESS_DENIED")
         return meta
 

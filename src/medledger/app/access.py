@@ -75,6 +75,13 @@ def _deny(rule: str, reason: str) -> Decision:
     return Decision(False, reason, rule)
 
 
+def names_actor(c: Consent, actor: Identity) -> bool:
+    """Is ``actor`` the consent's grantee (itself, or its whole institution)?"""
+    if c.actor_kind == ACTOR_IDENTITY:
+        return c.actor == actor.id
+    return c.actor_kind == ACTOR_INSTITUTION and c.actor == actor.institution
+
+
 def consent_matches(
     c: Consent, actor: Identity, record: RecordMeta, purpose: str, now_ms: int
 ) -> bool:
@@ -85,12 +92,7 @@ def consent_matches(
         return False
     if c.end_ms and now_ms >= c.end_ms:
         return False
-    if c.actor_kind == ACTOR_IDENTITY:
-        if c.actor != actor.id:
-            return False
-    elif c.actor_kind != ACTOR_INSTITUTION or c.actor != actor.institution:
-        return False
-    if purpose not in c.purposes:
+    if not names_actor(c, actor) or purpose not in c.purposes:
         return False
     if c.record_ids and record.record_id not in c.record_ids:
         return False
@@ -221,13 +223,25 @@ def may_list_records(actor: Identity, patient: str, is_proxy: bool = False) -> D
     return _deny("role_no_listing", f"role {actor.role} may not list a patient's records")
 
 
-def may_view_metadata(actor: Identity, record: RecordMeta, is_proxy: bool = False) -> bool:
-    """Which entries of a listing an actor sees (clinicians/services: own institution)."""
-    if actor.id == record.patient or is_proxy or actor.role == _REGULATOR:
+def may_view_metadata(
+    actor: Identity, record: RecordMeta, facts: ReadFacts = ReadFacts(), now_ms: int = 0
+) -> bool:
+    """Which records' metadata an actor sees: the patient and proxies, regulators, staff
+    of the creating institution, clinicians caring for the patient, and whoever an
+    active permit consent names for the record (any purpose)."""
+    if actor.status != ACTIVE:
+        return False
+    if actor.id == record.patient or facts.is_proxy or actor.role == _REGULATOR:
         return True
-    if actor.role in (_CLINICIAN, _SERVICE, _ADMIN):
-        return actor.institution == record.institution
-    return False
+    if actor.role in (_CLINICIAN, _SERVICE, _ADMIN) and actor.institution == record.institution:
+        return True
+    if actor.role == _CLINICIAN and facts.in_care:
+        return True
+    return any(
+        c.permit and consent_matches(c, actor, record, p, now_ms)
+        for c in facts.consents
+        for p in c.purposes
+    )
 
 
 def may_view_audit(actor: Identity, subject: Identity, is_proxy: bool = False) -> Decision:

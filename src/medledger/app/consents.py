@@ -79,12 +79,17 @@ def in_care(view: StateView, patient: str, clinician: str) -> bool:
     return view.get_raw(k_care(patient, clinician)) is not None
 
 
-def read_facts(view: StateView, actor: Identity, record: RecordMeta) -> access.ReadFacts:
+def patient_facts(view: StateView, actor: Identity, patient: str) -> access.ReadFacts:
+    """What state says about ``actor`` and ``patient``: care, proxy, consents."""
     return access.ReadFacts(
-        in_care=actor.role == Role.CLINICIAN and in_care(view, record.patient, actor.id),
-        is_proxy=is_proxy(view, record.patient, actor.id),
-        consents=active_consents(view, record.patient),
+        in_care=actor.role == Role.CLINICIAN and in_care(view, patient, actor.id),
+        is_proxy=is_proxy(view, patient, actor.id),
+        consents=active_consents(view, patient),
     )
+
+
+def read_facts(view: StateView, actor: Identity, record: RecordMeta) -> access.ReadFacts:
+    return patient_facts(view, actor, record.patient)
 
 
 # ---- consent.grant / consent.revoke ------------------------------------------------------
@@ -158,7 +163,7 @@ def grant(
         raise ConsentRuleError(
             "the consent period ends before it starts or in the past", code="BAD_PERIOD"
         )
-    listed = view.get(k_patient_consents(patient.id), ConsentList) or ConsentList(ids=[])
+    listed = _prune_expired(view, patient.id, now_ms)
     if len(listed.ids) >= MAX_ACTIVE_CONSENTS:
         raise ConsentRuleError(
             f"a patient may hold at most {MAX_ACTIVE_CONSENTS} active consents; revoke some",
@@ -190,6 +195,20 @@ def grant(
     )
     ev = _event("consent.grant", sender, patient.id, detail)
     return [ev], {"consent_id": consent_id, "patient": patient.id}
+
+
+def _prune_expired(view: StateView, patient: str, now_ms: int) -> ConsentList:
+    """The patient's active list without consents whose period ended (they become
+    ``inactive``, ``revoked_height`` 0), so expired ones do not count to the limit."""
+    listed = view.get(k_patient_consents(patient), ConsentList) or ConsentList(ids=[])
+    keep: list[str] = []
+    for cid in listed.ids:
+        c = view.get(k_consent(cid), Consent)
+        if c is not None and c.end_ms and c.end_ms <= now_ms:
+            view.put(k_consent(cid), msgspec.structs.replace(c, status=CONSENT_INACTIVE))
+        else:
+            keep.append(cid)
+    return listed if len(keep) == len(listed.ids) else ConsentList(ids=keep)
 
 
 def revoke(
