@@ -532,8 +532,17 @@ class Client:
 
     # ---- audit -----------------------------------------------------------------------------------
 
-    def audit(self, subject: str) -> list[dict[str, Any]]:
-        return list(self.get_json("/api/v1/audit", subject=subject)["events"])
+    def audit(
+        self, subject: str, *, since_height: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``subject``'s audit events, oldest first (from ``since_height``, at most
+        ``limit``)."""
+        params: dict[str, Any] = {"subject": subject}
+        params.update(
+            (k, v) for k, v in (("since_height", since_height), ("limit", limit)) if v is not None
+        )
+        doc = self._request("GET", "/api/v1/audit", params=params).json()
+        return list(doc["events"])
 
     def audit_proof(self, subject: str) -> bytes:
         return self._request("GET", "/api/v1/audit/proof", params={"subject": subject}).content

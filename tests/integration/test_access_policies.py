@@ -225,6 +225,14 @@ def test_audit_proof_verifies_and_tampering_fails(quad: Consortium, cast: Cast) 
     bad.write_bytes(bytes(raw))
     r = run_cli("proof", "verify", bad, "--genesis", genesis, "--json")
     assert r.code == 1 and "error:" in r.err
+    # a window of the trail
+    every = audit_of(quad, cast)
+    since = every[len(every) // 2]["height"]
+    window = cli_json(
+        "audit", "--patient", cast.patient.id, "--since-height", str(since), "--limit", "2",
+        *as_(quad, "hospital-b", cast.patient),
+    )["events"]  # fmt: skip
+    assert window == [e for e in every if e["height"] >= since][:2]
     # someone else's trail is not theirs to read
     r = run_cli(
         "audit", "--patient", cast.patient.id, "--json", *as_(quad, "hospital-b", cast.doc_b)

@@ -716,13 +716,17 @@ def audit(
     proof_out: Annotated[
         Path | None, typer.Option(help="Also save the events with proofs here.")
     ] = None,
+    since_height: Annotated[
+        int | None, typer.Option(help="Only events from this block height on.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many events.")] = None,
     node: NodeOpt = "",
     as_key: AsOpt = Path("key"),
     as_json: JsonOpt = False,
 ) -> None:
     """List who did what to a patient's data, from the ledger."""
     with client_for(node, as_key) as c:
-        events = c.audit(patient)
+        events = c.audit(patient, since_height=since_height, limit=limit)
         if proof_out is not None:
             proof_out.write_bytes(c.audit_proof(patient))
 
