@@ -479,6 +479,8 @@ def record_put(
         "m": r.m,
         "placement": r.placement,
         "stored_bytes": r.stored_bytes,
+        "custodians": r.custodians,
+        "threshold": r.threshold,
         "deidentified": deidentified,
     }
     if study is not None:
@@ -488,7 +490,8 @@ def record_put(
         as_json,
         lambda: out.print(
             f"stored {path} as record {r.record_id} (block {r.height}; "
-            f"{r.k}+{r.m} shards over {', '.join(r.placement)})"
+            f"{r.k}+{r.m} shards over {', '.join(r.placement)}; key shares: "
+            f"{r.threshold} of {len(r.custodians)} custodians)"
         ),
     )
 
