@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
@@ -566,6 +566,32 @@ class Client:
     def regulator_stats(self) -> dict[str, Any]:
         """Read and write counters aggregated per institution, record type, purpose."""
         doc: dict[str, Any] = self.get_json("/api/v1/regulator/stats")
+        return doc
+
+    # ---- DICOM ---------------------------------------------------------------------------------
+
+    def dicom_allowed_aes(self) -> dict[str, Any]:
+        """This node's DICOM listener and the calling AE titles it accepts (admins)."""
+        doc: dict[str, Any] = self.get_json("/api/v1/dicom/allowed-aes")
+        return doc
+
+    def dicom_allow(self, ae_title: str, identity: str) -> dict[str, Any]:
+        """Map a calling AE title to a ``service`` identity of the node's institution."""
+        resp = self._request(
+            "POST",
+            "/api/v1/dicom/allowed-aes",
+            json_body={"ae_title": ae_title, "identity": identity},
+        )
+        doc: dict[str, Any] = resp.json()
+        return doc
+
+    def dicom_deny(self, ae_title: str) -> dict[str, Any]:
+        """Remove a calling AE title from the node's allow-list."""
+        # every character escaped, dots too (a title ".." must not become a dot segment);
+        # the node checks the signature over the path as sent
+        escaped = quote(ae_title, safe="").replace(".", "%2E")
+        resp = self._request("DELETE", f"/api/v1/dicom/allowed-aes/{escaped}")
+        doc: dict[str, Any] = resp.json()
         return doc
 
 

@@ -25,6 +25,7 @@ from medledger.api import signing
 from medledger.api.audit_routes import add_audit_routes, event_json
 from medledger.api.consent_routes import add_consent_routes
 from medledger.api.custody_routes import add_custody_routes
+from medledger.api.dicom_routes import add_dicom_routes
 from medledger.api.params import parse_hash
 from medledger.api.storage_routes import add_storage_routes, frame_items
 from medledger.app import access, consents
@@ -136,7 +137,11 @@ def create_app(node: Node) -> FastAPI:
         return body
 
     async def authenticate(request: Request, *, streamed: bool = False) -> Caller:
-        path_qs = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # the path as sent, percent-escapes kept ("sign the bytes you send"; an AE title
+        # in a DICOM route may hold escapes), falling back to the decoded one
+        raw_path = request.scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else request.url.path
+        path_qs = path + (f"?{request.url.query}" if request.url.query else "")
         headers = {k.lower(): v for k, v in request.headers.items()}
         pk = signing.verify_request(
             headers, request.method, path_qs, now_ms(), node.config.request_max_skew_ms
@@ -167,6 +172,7 @@ def create_app(node: Node) -> FastAPI:
     add_custody_routes(app, node, authenticate, role_in)
     add_consent_routes(app, node, authenticate)
     add_audit_routes(app, node, authenticate, role_in)
+    add_dicom_routes(app, node, authenticate)
 
     # ---- health, metrics, status ----------------------------------------------------------
 
@@ -193,6 +199,7 @@ def create_app(node: Node) -> FastAPI:
             "peers": node.peers.connected() if node.peers is not None else [],
             "mempool_txs": len(node.mempool),
             "custodian_public_key": node.custodian.public_key.hex(),
+            "dicom": node.dicom.listener_json(),
             "pid": os.getpid(),
         }
 

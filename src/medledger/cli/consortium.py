@@ -16,10 +16,18 @@ from typing import Any
 import httpx
 
 from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
+from medledger.dicom.aetitle import default_ae_title
 from medledger.errors import InvalidInput, NodeError, Unavailable
 from medledger.ledger.block import Validator
 from medledger.ledger.genesis import ChainParams, Genesis, InstitutionGenesis, genesis_to_json
-from medledger.node.config import NodeConfig, PeerConfig, config_path, load_config, save_config
+from medledger.node.config import (
+    DicomConfig,
+    NodeConfig,
+    PeerConfig,
+    config_path,
+    load_config,
+    save_config,
+)
 
 INSTITUTION_NAMES = [f"hospital-{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 
@@ -64,6 +72,9 @@ def init_consortium(
     api_ports = {
         name: (base_port + i if base_port else free_port()) for i, name in enumerate(names)
     }
+    dicom_ports = {
+        name: (base_port + 200 + i if base_port else free_port()) for i, name in enumerate(names)
+    }
     for name in names:
         home = root / name
         admin = PrivateKey.generate()
@@ -97,6 +108,7 @@ def init_consortium(
                     if other != name
                 ],
                 empty_block_interval_ms=empty_block_interval_ms,
+                dicom=DicomConfig(port=dicom_ports[name], ae_title=default_ae_title(name)),
             ),
         )
         out["institutions"].append(
@@ -106,6 +118,7 @@ def init_consortium(
                 "admin_id": admin.id,
                 "admin_key": str(home / "admin.key"),
                 "api": f"http://127.0.0.1:{port}",
+                "dicom": load_config(home).dicom_listener(),
             }
         )
     genesis = Genesis(
@@ -167,6 +180,9 @@ def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> d
         p2p_port=base_port + 100 if base_port else free_port(),
         peers=peers,
         empty_block_interval_ms=first.empty_block_interval_ms,
+        dicom=DicomConfig(
+            port=base_port + 200 if base_port else free_port(), ae_title=default_ae_title(name)
+        ),
     )
     save_config(home, config)
     me = PeerConfig(
@@ -186,6 +202,7 @@ def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> d
         "name": name,
         "home": str(home),
         "api": config.api_url(),
+        "dicom": config.dicom_listener(),
         "node_id": node_key.id,
         "node_public_key": node_key.public_key.hex(),
         "admin_id": admin.id,
@@ -331,6 +348,7 @@ def status(root: Path) -> dict[str, Any]:
             "validator": None,
             "peers": [],
             "chain_id": cfg.chain_id,
+            "dicom": cfg.dicom_listener(),
         }
         if alive:
             try:
@@ -342,6 +360,7 @@ def status(root: Path) -> dict[str, Any]:
                     app_hash=st["app_hash"],
                     validator=st["validator"],
                     node_id=st["node_id"],
+                    dicom=st.get("dicom"),
                 )
             except (httpx.HTTPError, ValueError, KeyError):
                 pass

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medledger.cli import consortium, regulator, rights
+from medledger.cli import consortium, dicom, regulator, rights
 from medledger.cli.common import (
     AsOpt,
     DirOpt,
@@ -67,6 +67,7 @@ app.add_typer(rights.care_app, name="care")
 app.add_typer(rights.proxy_app, name="proxy")
 app.add_typer(rights.erasure_app, name="erasure")
 app.add_typer(regulator.app, name="regulator")
+app.add_typer(dicom.app, name="dicom")
 gov_app = typer.Typer(
     help="Admit and remove member institutions (voted by 2/3+ of voting power).",
     no_args_is_help=True,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from medledger.dicom.aetitle import ae_title_problem, default_ae_title
 from medledger.errors import InvalidInput
 from medledger.storage.s3backend import S3Config
 
@@ -18,6 +20,14 @@ class PeerConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: str
     port: int
     api_url: str = ""  # its API (and shard service), e.g. http://10.0.0.2:8700
+
+
+class DicomConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The node's DICOM listener (SCP); ``port`` 0 or null disables it."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    ae_title: str = ""  # empty: derived from the node's name (hospital-a: HOSPITAL-A)
 
 
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,6 +53,27 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     storage_audits: bool = (
         True  # run the epoch audits this node is chosen for, and repair after reads
     )
+    dicom: DicomConfig | None = None  # the DICOM listener; None (or port 0): none
+
+    def dicom_ae_title(self) -> str:
+        """The AE title this node answers to: configured, or derived from its name."""
+        if self.dicom is not None and self.dicom.ae_title:
+            return self.dicom.ae_title
+        return default_ae_title(self.name)
+
+    def dicom_port(self) -> int:
+        """The DICOM listener's port, 0 when there is none."""
+        return (self.dicom.port or 0) if self.dicom is not None else 0
+
+    def dicom_listener(self) -> dict[str, Any] | None:
+        """``{"host", "port", "ae_title"}`` of the DICOM listener, None without one."""
+        if self.dicom is None or not self.dicom_port():
+            return None
+        return {
+            "host": self.dicom.host,
+            "port": self.dicom_port(),
+            "ae_title": self.dicom_ae_title(),
+        }
 
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
@@ -81,6 +112,22 @@ def load_config(home: Path) -> NodeConfig:
         raise InvalidInput(
             f"node configuration {path}: block intervals must be positive", code="CONFIG_INVALID"
         )
+    if config.dicom is not None:
+        port = config.dicom.port or 0
+        if not 0 <= port <= 65535 or not config.dicom.host:
+            raise InvalidInput(
+                f"node configuration {path}: dicom needs a host and a port 0..65535 "
+                "(0 disables the listener)",
+                code="CONFIG_INVALID",
+            )
+        problem = config.dicom.ae_title and ae_title_problem(config.dicom.ae_title)
+        if problem:
+            raise InvalidInput(
+                f"node configuration {path}: dicom.ae_title {config.dicom.ae_title!r}: "
+                f"{problem} (1-16 printable ASCII characters, no backslash, no leading or "
+                "trailing space)",
+                code="CONFIG_INVALID",
+            )
     return config
 
 

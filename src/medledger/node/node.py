@@ -31,6 +31,7 @@ from medledger.consensus.types import SignedVote, TimeoutConfig
 from medledger.crypto.keys import PrivateKey, PublicKey, identity_id_for, load_key_file
 from medledger.custody.gate import AccessProof, check_decision, check_release
 from medledger.custody.local import LocalCustodian
+from medledger.dicom.gateway import DicomGateway
 from medledger.errors import (
     Forbidden,
     InvalidTransaction,
@@ -129,6 +130,14 @@ class Node:
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
         self.storage = StorageOps(self)
         self.custody = CustodyOps(self)
+        self.dicom = DicomGateway(
+            home,
+            institution=self.config.name,
+            host=self.config.dicom.host if self.config.dicom else "",
+            port=self.config.dicom_port(),
+            ae_title=self.config.dicom_ae_title(),
+            lookup_identity=self.app.query_identity,
+        )
 
     # ---- start-up and recovery -------------------------------------------------------
 
@@ -181,6 +190,7 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
+        await self.dicom.start()  # first: a port in use stops the start before anything runs
         if cfg.peers:
             self.peers = PeerManager(
                 self.node_key,
@@ -234,6 +244,7 @@ class Node:
 
     async def stop(self) -> None:
         self._stopping = True
+        await self.dicom.stop()
         if not self.fatal:
             async with self.block_lock:  # let a block being written finish
                 pass

@@ -1,0 +1,113 @@
+"""DICOM routes of the node API: the AE-title allow-list of this node's SCP.
+
+* ``GET /api/v1/dicom/allowed-aes``: the calling AE titles this node accepts;
+* ``POST /api/v1/dicom/allowed-aes`` ``{"ae_title", "identity"}``: map a calling AE
+  title to an active ``service`` identity of this node's institution;
+* ``DELETE /api/v1/dicom/allowed-aes/{ae_title}``: remove it.
+
+All three need an active admin of this node's institution (``NOT_AUTHORIZED``
+otherwise). The list is kept off chain, in the node's home
+(:mod:`medledger.dicom.allowlist`); the SCP reads it at every association.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request
+
+from medledger.app import access
+from medledger.app.model import ACTIVE, Role
+from medledger.crypto.keys import is_identity_id
+from medledger.dicom.aetitle import validate_ae_title
+from medledger.dicom.allowlist import allowed_json
+from medledger.errors import Forbidden, InvalidInput, NotFound
+from medledger.log import get_logger
+from medledger.node.node import Node, now_ms
+
+log = get_logger("medledger.api")
+
+ALLOWED_AES = "/api/v1/dicom/allowed-aes"
+
+
+class AllowBody(msgspec.Struct, forbid_unknown_fields=True):
+    ae_title: str
+    identity: str
+
+
+def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Awaitable[Any]]) -> None:
+    gateway = node.dicom
+
+    async def institution_admin(request: Request) -> Any:
+        caller = await authenticate(request)
+        decision = access.may_manage(caller.identity, node.config.name)
+        if not decision.allowed:
+            raise Forbidden(
+                f"only an admin of {node.config.name} manages its DICOM callers: {decision.reason}",
+                code="NOT_AUTHORIZED",
+            )
+        return caller
+
+    def listing() -> dict[str, Any]:
+        return {
+            "institution": node.config.name,
+            "dicom": gateway.listener_json(),
+            "allowed": [allowed_json(e) for e in gateway.allowlist.entries()],
+        }
+
+    @app.get(ALLOWED_AES)
+    async def list_allowed(request: Request) -> dict[str, Any]:
+        await institution_admin(request)
+        return listing()
+
+    @app.post(ALLOWED_AES)
+    async def allow(request: Request) -> dict[str, Any]:
+        caller = await institution_admin(request)
+        try:
+            body = msgspec.json.decode(await request.body(), type=AllowBody)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise InvalidInput(
+                'the body must be {"ae_title": str, "identity": str}', code="BAD_REQUEST"
+            )
+        ae_title = validate_ae_title(body.ae_title)
+        if not is_identity_id(body.identity):
+            raise InvalidInput("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
+        ident = node.app.query_identity(body.identity)
+        if ident is None:
+            raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
+        if ident.role != Role.SERVICE.value or ident.institution != node.config.name:
+            raise InvalidInput(
+                f"a DICOM caller must be a service identity of {node.config.name}; "
+                f"{body.identity} is a {ident.role} of {ident.institution}",
+                code="NOT_A_SERVICE",
+            )
+        if ident.status != ACTIVE:
+            raise InvalidInput(f"{body.identity} is suspended", code="IDENTITY_SUSPENDED")
+        # the file is written and fsynced: off the event loop
+        entry, created = await asyncio.to_thread(
+            gateway.allowlist.allow,
+            ae_title,
+            ident.id,
+            added_by=caller.identity.id,
+            now_ms=now_ms(),
+        )
+        if created:
+            log.info(
+                "dicom.ae_allowed", ae_title=ae_title, identity=ident.id, by=caller.identity.id
+            )
+        return {**allowed_json(entry), "created": created}
+
+    @app.delete(ALLOWED_AES + "/{ae_title:path}")
+    async def deny(ae_title: str, request: Request) -> dict[str, Any]:
+        caller = await institution_admin(request)
+        entry = await asyncio.to_thread(gateway.allowlist.deny, validate_ae_title(ae_title))
+        log.info(
+            "dicom.ae_denied",
+            ae_title=entry.ae_title,
+            identity=entry.identity,
+            by=caller.identity.id,
+        )
+        return {**allowed_json(entry), "removed": True}
