@@ -366,11 +366,13 @@ class Client:
         k: int | None = None,
         m: int | None = None,
         deidentified: bool = False,
+        on_behalf_of: str = "",
     ) -> PutResult:
         """Encrypt ``size`` bytes of ``src`` (streamed, constant memory), have the node
         spread them over k+m institutions (defaults: the node's choice), check the
         manifest it built lists exactly these chunks, deposit the key's shares (one
-        sealed to each reachable custodian), register."""
+        sealed to each reachable custodian), register. A gateway (a ``service``) names
+        the service of its institution it stores for in ``on_behalf_of``."""
         custodians, custodian_keys, threshold = self.custody_plan()  # before any upload
         key = new_data_key()
         refs: list[ChunkRef] = []
@@ -424,6 +426,7 @@ class Client:
                 custodians=custodians,
                 threshold=threshold,
                 deidentified=deidentified,
+                on_behalf_of=on_behalf_of,
             ),
         )
         return PutResult(
@@ -592,6 +595,19 @@ class Client:
         escaped = quote(ae_title, safe="").replace(".", "%2E")
         resp = self._request("DELETE", f"/api/v1/dicom/allowed-aes/{escaped}")
         doc: dict[str, Any] = resp.json()
+        return doc
+
+    def dicom_link_patient(self, mrn: str, patient: str) -> dict[str, Any]:
+        """Link a hospital patient identifier (DICOM PatientID, MRN) to a ledger patient."""
+        resp = self._request(
+            "POST", "/api/v1/dicom/patients", json_body={"mrn": mrn, "patient": patient}
+        )
+        doc: dict[str, Any] = resp.json()
+        return doc
+
+    def dicom_patient_links(self) -> dict[str, Any]:
+        """The hospital patient identifiers linked at this node's institution (admins)."""
+        doc: dict[str, Any] = self.get_json("/api/v1/dicom/patients")
         return doc
 
 

@@ -118,7 +118,10 @@ def allowed_titles(c: Consortium) -> list[str]:
 def test_status_shows_the_dicom_listener(consortium: Consortium) -> None:
     c = consortium
     d = c.status()["nodes"][0]["dicom"]
-    assert set(d) == {"host", "port", "ae_title"}
+    assert set(d) == {"host", "port", "ae_title", "gateway_id"}
+    gateway_key = c.home / "dicom" / "gateway.key"
+    assert stat.S_IMODE(gateway_key.stat().st_mode) == 0o600
+    assert d["gateway_id"] == json.loads(gateway_key.read_text())["id"]
     assert d["host"] == "127.0.0.1" and d["ae_title"] == NODE_AE
     assert isinstance(d["port"], int) and 1 <= d["port"] <= 65535
     assert d["port"] not in (int(c.api.rsplit(":", 1)[1]),)

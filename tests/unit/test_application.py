@@ -36,6 +36,7 @@ from medledger.app.model import (
     Institution,
     ReadRecordBody,
     RecordMeta,
+    RegisterRecordBody,
     SuspendBody,
     is_record_id,
     k_access_rate,
@@ -866,3 +867,46 @@ def test_determinism_across_instances_with_context(world: World) -> None:
     meta = decode(outs[0][2][k_record(record_id_for(txs[0].hash))], RecordMeta)  # type: ignore[arg-type]
     assert (meta.height, meta.created_ms) == (9, 123)
     assert k_identity(world["alpha.clinician"].id) not in outs[0][2]
+
+
+def test_register_on_behalf_of_a_service(world: World) -> None:
+    """A gateway (a service) registers for another service of its institution (ADR 0008)."""
+    chain = world.chain
+    device = key("modality@alpha")
+    other_device = key("modality@beta")
+    assert chain.enroll(world["alpha.admin"], device, "service").ok
+    assert chain.enroll(world["beta.admin"], other_device, "service").ok
+    gateway, patient = world["alpha.service"], world["alpha.patient"]
+
+    res = chain.register(gateway, patient, on_behalf_of=device.id)
+    assert res.ok, res
+    (ev,) = res.events
+    assert ev.actor == gateway.id and f"on_behalf_of={device.id}" in ev.detail
+    meta = chain.app.query_record(res.data["record_id"])
+    assert meta is not None and meta.creator == gateway.id
+
+    for author, target, rule in (
+        (gateway, other_device, "other institution"),  # a service of another institution
+        (gateway, world["alpha.clinician"], "must be a service"),  # not a service
+        (gateway, key("ghost"), "not an enrolled"),
+        (world["alpha.clinician"], device, "only a service"),  # the sender is no service
+        (world["beta.service"], device, "other institution"),
+    ):
+        res = chain.register(author, patient, on_behalf_of=target.id)
+        assert res.code == "NOT_AUTHORIZED" and rule in res.message, (rule, res)
+
+    assert chain.run(world["alpha.admin"], SUSPEND, SuspendBody(id=device.id, reason="retired")).ok
+    res = chain.register(gateway, patient, on_behalf_of=device.id)
+    assert res.code == "NOT_AUTHORIZED" and "suspended" in res.message
+
+
+def test_register_body_on_behalf_of_is_a_trailing_default() -> None:
+    """An encoding without the trailing field decodes to its default; the canonical
+    encoding always carries it."""
+    body = register_body(key("p").id)
+    assert body.on_behalf_of == ""
+    full = encode(body)
+    short = b"\x9c" + full[1:-1]  # 12 of the 13 fields: the array header, less the last ""
+    assert full[0] == 0x9D and full[-1] == 0xA0
+    assert decode(short, RegisterRecordBody) == body
+    assert encode(decode(full, RegisterRecordBody)) == full

@@ -3,9 +3,13 @@
 * ``GET /api/v1/dicom/allowed-aes``: the calling AE titles this node accepts;
 * ``POST /api/v1/dicom/allowed-aes`` ``{"ae_title", "identity"}``: map a calling AE
   title to an active ``service`` identity of this node's institution;
-* ``DELETE /api/v1/dicom/allowed-aes/{ae_title}``: remove it.
+* ``DELETE /api/v1/dicom/allowed-aes/{ae_title}``: remove it;
+* ``GET /api/v1/dicom/patients``: the hospital patient identifiers (DICOM PatientID,
+  MRN) linked to ledger patients;
+* ``POST /api/v1/dicom/patients`` ``{"mrn", "patient"}``: link one to an enrolled,
+  active patient identity (studies with that PatientID are filed under it).
 
-All three need an active admin of this node's institution (``NOT_AUTHORIZED``
+All of them need an active admin of this node's institution (``NOT_AUTHORIZED``
 otherwise). The list is kept off chain, in the node's home
 (:mod:`medledger.dicom.allowlist`); the SCP reads it at every association.
 """
@@ -24,6 +28,7 @@ from medledger.app.model import ACTIVE, Role
 from medledger.crypto.keys import is_identity_id
 from medledger.dicom.aetitle import validate_ae_title
 from medledger.dicom.allowlist import allowed_json
+from medledger.dicom.patients import link_json, validate_mrn
 from medledger.errors import Forbidden, InvalidInput, NotFound
 from medledger.log import get_logger
 from medledger.node.node import Node, now_ms
@@ -31,11 +36,17 @@ from medledger.node.node import Node, now_ms
 log = get_logger("medledger.api")
 
 ALLOWED_AES = "/api/v1/dicom/allowed-aes"
+PATIENTS = "/api/v1/dicom/patients"
 
 
 class AllowBody(msgspec.Struct, forbid_unknown_fields=True):
     ae_title: str
     identity: str
+
+
+class LinkBody(msgspec.Struct, forbid_unknown_fields=True):
+    mrn: str
+    patient: str
 
 
 def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Awaitable[Any]]) -> None:
@@ -51,10 +62,14 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             )
         return caller
 
+    def gateway_json() -> dict[str, Any]:
+        return {"gateway_id": gateway.gateway_id, "gateway_enrolled": gateway.gateway_enrolled()}
+
     def listing() -> dict[str, Any]:
         return {
             "institution": node.config.name,
             "dicom": gateway.listener_json(),
+            **gateway_json(),
             "allowed": [allowed_json(e) for e in gateway.allowlist.entries()],
         }
 
@@ -98,7 +113,7 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             log.info(
                 "dicom.ae_allowed", ae_title=ae_title, identity=ident.id, by=caller.identity.id
             )
-        return {**allowed_json(entry), "created": created}
+        return {**allowed_json(entry), "created": created, **gateway_json()}
 
     @app.delete(ALLOWED_AES + "/{ae_title:path}")
     async def deny(ae_title: str, request: Request) -> dict[str, Any]:
@@ -111,3 +126,39 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             by=caller.identity.id,
         )
         return {**allowed_json(entry), "removed": True}
+
+    @app.get(PATIENTS)
+    async def list_patients(request: Request) -> dict[str, Any]:
+        await institution_admin(request)
+        return {
+            "institution": node.config.name,
+            "links": [link_json(x) for x in gateway.patients.links()],
+        }
+
+    @app.post(PATIENTS)
+    async def link_patient(request: Request) -> dict[str, Any]:
+        caller = await institution_admin(request)
+        try:
+            body = msgspec.json.decode(await request.body(), type=LinkBody)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise InvalidInput('the body must be {"mrn": str, "patient": str}', code="BAD_REQUEST")
+        mrn = validate_mrn(body.mrn)
+        if not is_identity_id(body.patient):
+            raise InvalidInput("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
+        ident = node.app.query_identity(body.patient)
+        if ident is None:
+            raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
+        if ident.role != Role.PATIENT.value:
+            raise InvalidInput(
+                f"{body.patient} is a {ident.role}, not a patient", code="NOT_A_PATIENT"
+            )
+        if ident.status != ACTIVE:
+            raise InvalidInput(f"{body.patient} is suspended", code="IDENTITY_SUSPENDED")
+        entry, created = await asyncio.to_thread(
+            gateway.patients.link, mrn, ident.id, added_by=caller.identity.id, now_ms=now_ms()
+        )
+        if created:
+            # the MRN itself is patient data: not in the log
+            log.info("dicom.patient_linked", patient=ident.id, by=caller.identity.id)
+            gateway.wake()  # studies waiting for this link are stored now
+        return {**link_json(entry), "created": created}

@@ -167,6 +167,27 @@ def may_write_for(actor: Identity, patient: Identity) -> Decision:
     return _deny("role_may_not_write", f"role {actor.role} may not write records")
 
 
+def may_act_as_gateway(gateway: Identity, device: Identity | None) -> Decision:
+    """May ``gateway`` act for ``device`` (a record's ``on_behalf_of``, ADR 0008)?
+
+    Both must be active ``service`` identities of one institution: a node's DICOM
+    gateway writes for the modalities and PACS of its own institution only.
+    """
+    if gateway.status != ACTIVE:
+        return _deny("identity_suspended", "identity suspended")
+    if gateway.role != _SERVICE:
+        return _deny("not_a_gateway", "only a service acts on behalf of another")
+    if device is None:
+        return _deny("unknown_device", "on_behalf_of is not an enrolled identity")
+    if device.role != _SERVICE:
+        return _deny("device_not_a_service", "on_behalf_of must be a service identity")
+    if device.status != ACTIVE:
+        return _deny("device_suspended", "on_behalf_of is suspended")
+    if device.institution != gateway.institution:
+        return _deny("other_institution", "on_behalf_of belongs to another institution")
+    return _allow("gateway", "gateway for a service of its institution")
+
+
 def may_manage(actor: Identity, target_institution: str) -> Decision:
     """May ``actor`` enroll or suspend identities of ``target_institution``?"""
     if actor.status != ACTIVE:

@@ -439,6 +439,9 @@ class Application:
         if patient is None:
             raise ExecError("patient is not an enrolled identity", code="UNKNOWN_PATIENT")
         _require(access.may_write_for(sender, patient), "NOT_AUTHORIZED")
+        if body.on_behalf_of:
+            device = view.get(k_identity(body.on_behalf_of), Identity)
+            _require(access.may_act_as_gateway(sender, device), "NOT_AUTHORIZED")
         if not RECORD_TYPE_RE.match(body.type):
             raise ExecError("record type must match [a-z][a-z0-9_.-]{0,31}", code="BAD_RECORD_TYPE")
         if not is_cid(body.content_hash):
@@ -478,7 +481,8 @@ class Application:
             subject=patient.id,
             record_id=record_id,
             outcome="ok",
-            detail=f"type={body.type} size={body.size}",
+            detail=f"type={body.type} size={body.size}"
+            + (f" on_behalf_of={body.on_behalf_of}" if body.on_behalf_of else ""),
         )
         return _ok([ev], {"record_id": record_id})
 

@@ -124,6 +124,9 @@ class RegisterRecordBody(Record, frozen=True):
     custodians: list[str]
     threshold: int
     deidentified: bool = False
+    # a gateway (a service) registering for another service of its institution, such as
+    # the modality that sent a study by DICOM C-STORE (ADR 0008); empty: for itself
+    on_behalf_of: str = ""
 
 
 class ReadRecordBody(Record, frozen=True):

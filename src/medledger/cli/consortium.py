@@ -17,6 +17,7 @@ import httpx
 
 from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
 from medledger.dicom.aetitle import default_ae_title
+from medledger.dicom.gatewaykey import ensure_gateway_key, gateway_id
 from medledger.errors import InvalidInput, NodeError, Unavailable
 from medledger.ledger.block import Validator
 from medledger.ledger.genesis import ChainParams, Genesis, InstitutionGenesis, genesis_to_json
@@ -81,6 +82,7 @@ def init_consortium(
         node_key = node_keys[name]
         save_key_file(home / "admin.key", admin)
         save_key_file(home / "node.key", node_key)
+        ensure_gateway_key(home)
         insts.append(
             InstitutionGenesis(name=name, admin_id=admin.id, admin_public_key=admin.public_key.raw)
         )
@@ -118,7 +120,7 @@ def init_consortium(
                 "admin_id": admin.id,
                 "admin_key": str(home / "admin.key"),
                 "api": f"http://127.0.0.1:{port}",
-                "dicom": load_config(home).dicom_listener(),
+                "dicom": dicom_listener(home),
             }
         )
     genesis = Genesis(
@@ -157,6 +159,7 @@ def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> d
     node_key = PrivateKey.generate()
     save_key_file(home / "admin.key", admin)
     save_key_file(home / "node.key", node_key)
+    ensure_gateway_key(home)
     (home / "genesis.json").write_text(genesis_text)
     peers = []
     for other in homes:
@@ -202,7 +205,7 @@ def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> d
         "name": name,
         "home": str(home),
         "api": config.api_url(),
-        "dicom": config.dicom_listener(),
+        "dicom": dicom_listener(home),
         "node_id": node_key.id,
         "node_public_key": node_key.public_key.hex(),
         "admin_id": admin.id,
@@ -210,6 +213,15 @@ def join_consortium(root: Path, name: str, *, base_port: int | None = None) -> d
         "node_key": str(home / "node.key"),
         "admin_key": str(home / "admin.key"),
     }
+
+
+def dicom_listener(home: Path) -> dict[str, Any] | None:
+    """The node's DICOM listener as its API's status shows it: ``{"host", "port",
+    "ae_title", "gateway_id"}``, None without a listener."""
+    listener = load_config(home).dicom_listener()
+    if listener is None:
+        return None
+    return {**listener, "gateway_id": gateway_id(home)}
 
 
 def node_homes(root: Path) -> list[Path]:
@@ -348,7 +360,7 @@ def status(root: Path) -> dict[str, Any]:
             "validator": None,
             "peers": [],
             "chain_id": cfg.chain_id,
-            "dicom": cfg.dicom_listener(),
+            "dicom": dicom_listener(home),
         }
         if alive:
             try:

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medledger.cli.common import AsOpt, JsonOpt, NodeOpt, client_for, emit, out
+from medledger.cli.common import AsOpt, JsonOpt, NodeOpt, client_for, emit, err, out
 
 app = typer.Typer(
     help="DICOM: the calling AE titles the node's DICOM listener accepts (institution admins).",
@@ -42,6 +42,17 @@ def allow(
         doc = c.dicom_allow(ae_title, identity)
     verb = "allowed" if doc["created"] else "already allowed:"
     emit(doc, as_json, lambda: out.print(f"{verb} {ae_title} as {doc['identity']}"))
+    if doc.get("gateway_enrolled") is False:
+        err.print(gateway_hint(doc["gateway_id"], node, as_key))
+
+
+def gateway_hint(gateway_id: str, node: str, as_key: Path) -> str:
+    return (
+        f"note: this node's DICOM gateway {gateway_id} is not an enrolled service yet; "
+        "studies it receives by C-STORE stay in its spool until it is:\n"
+        f"  medledger identity enroll --role service --id {gateway_id} "
+        f"--node {node or 'URL'} --as {as_key}"
+    )
 
 
 @app.command("deny")
@@ -74,12 +85,56 @@ def ls(
         else:
             out.print(
                 f"{doc['institution']}: {listener['ae_title']} on "
-                f"{listener['host']}:{listener['port']}"
+                f"{listener['host']}:{listener['port']}, gateway {doc['gateway_id']}"
+                + ("" if doc["gateway_enrolled"] else " (not enrolled)")
             )
         t = Table("calling AE title", "identity", "added by", "added (UTC)")
         for e in doc["allowed"]:
             when = datetime.fromtimestamp(e["added_ms"] / 1000, UTC)
             t.add_row(e["ae_title"], e["identity"], e["added_by"], f"{when:%Y-%m-%d %H:%M:%S}")
+        out.print(t)
+
+    emit(doc, as_json, human)
+
+
+patient_app = typer.Typer(
+    help="Hospital patient identifiers (DICOM PatientID, MRN) linked to ledger patients "
+    "(institution admins; kept by the node, off chain).",
+    no_args_is_help=True,
+)
+
+
+@patient_app.command("link")
+def link(
+    mrn: Annotated[
+        str, typer.Option("--mrn", help="The hospital's identifier: the DICOM PatientID.")
+    ],
+    patient: Annotated[str, typer.Option("--patient", help="The ledger patient identity ID.")],
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("admin.key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """File studies with PatientID MRN, received by the node's DICOM gateway, under PATIENT."""
+    with client_for(node, as_key) as c:
+        doc = c.dicom_link_patient(mrn, patient)
+    verb = "linked" if doc["created"] else "already linked:"
+    emit(doc, as_json, lambda: out.print(f"{verb} {mrn} to {doc['patient']}"))
+
+
+@patient_app.command("ls")
+def links(
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("admin.key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """The patient identifiers linked at the node's institution."""
+    with client_for(node, as_key) as c:
+        doc = c.dicom_patient_links()
+
+    def human() -> None:
+        t = Table("MRN / PatientID", "patient", "added by")
+        for e in doc["links"]:
+            t.add_row(e["mrn"], e["patient"], e["added_by"])
         out.print(t)
 
     emit(doc, as_json, human)

@@ -68,6 +68,7 @@ app.add_typer(rights.proxy_app, name="proxy")
 app.add_typer(rights.erasure_app, name="erasure")
 app.add_typer(regulator.app, name="regulator")
 app.add_typer(dicom.app, name="dicom")
+app.add_typer(dicom.patient_app, name="patient")
 gov_app = typer.Typer(
     help="Admit and remove member institutions (voted by 2/3+ of voting power).",
     no_args_is_help=True,

@@ -13,23 +13,50 @@ committed state belongs to the node's event loop (blocks are committed there), s
 the association thread hands the lookup to the loop and waits for it, briefly; a
 loop that does not answer in time refuses the association as transient (the
 caller may retry).
+
+C-STORE (ADR 0008, second slice): the SCP hands each checked instance to
+:meth:`DicomGateway.store`, which spools it durably (:mod:`.spool`) under the study's
+StudyInstanceUID. A sealer thread closes a study once no instance arrived for
+``quiet_s`` and no association that sent it is still open, and stores it as one
+``imaging-study`` record through the node's own API with the node's gateway key
+(:mod:`.gatewaykey`), exactly as ``medledger record put DIR`` would (encrypted here,
+key split among the custodians, erasure-coded), naming the calling AE title's
+service identity in ``on_behalf_of``. The record's patient is the ledger patient the
+institution linked to the DICOM PatientID (:mod:`.patients`). A study that cannot be
+stored (PatientID not linked, gateway not enrolled, node unreachable) stays in the
+spool and is retried every ``retry_s`` and whenever a patient link is added.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from medledger.app.model import ACTIVE, Identity, Role
 from medledger.dicom.allowlist import AllowedAE, AllowList
-from medledger.dicom.scp import DicomSCP, Verdict
+from medledger.dicom.gatewaykey import ensure_gateway_key
+from medledger.dicom.patients import PATIENTS_FILE, PatientLinks
+from medledger.dicom.scp import (
+    DEFAULT_MAX_INSTANCE_BYTES,
+    STATUS_DATASET_MISMATCH,
+    DicomSCP,
+    ReceivedInstance,
+    Refused,
+    Verdict,
+)
+from medledger.dicom.spool import Batch, Spool, StudyMeta
+from medledger.errors import InvalidInput, MedLedgerError
 from medledger.log import get_logger
 
 log = get_logger("medledger.dicom")
 
 LOOKUP_TIMEOUT_S = 5.0
+SEAL_POLL_S = 0.2
+SEAL_JOIN_TIMEOUT_S = 10.0
 ALLOWLIST_FILE = Path("dicom") / "allowed_aes.json"
 
 
@@ -49,6 +76,9 @@ def decide(entry: AllowedAE | None, identity: Identity | None, institution: str)
     return Verdict(True, "allowed", who)
 
 
+_SELF = AllowedAE(ae_title="-", identity="-", added_by="-", added_ms=0)
+
+
 class DicomGateway:
     """The allow-list of a node (always) and its SCP (when ``port`` is set)."""
 
@@ -61,15 +91,33 @@ class DicomGateway:
         port: int,
         ae_title: str,
         lookup_identity: Callable[[str], Identity | None],
+        api_url: str = "",
+        quiet_s: float = 5.0,
+        retry_s: float = 30.0,
+        max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
     ) -> None:
         self.institution = institution
         self.host = host
         self.port = port
         self.ae_title = ae_title
         self.allowlist = AllowList(home / ALLOWLIST_FILE)
+        self.patients = PatientLinks(home / PATIENTS_FILE)
+        self.gateway_key = ensure_gateway_key(home)
+        self.spool = Spool(home / "dicom")
+        self.api_url = api_url
+        self.quiet_s = quiet_s
+        self.retry_s = retry_s
+        self.max_instance_bytes = max_instance_bytes
         self._lookup = lookup_identity
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scp: DicomSCP | None = None
+        self._sealer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+
+    @property
+    def gateway_id(self) -> str:
+        return self.gateway_key.id
 
     @property
     def enabled(self) -> bool:
@@ -79,21 +127,135 @@ class DicomGateway:
         """``{"host", "port", "ae_title"}`` of the SCP, None when it is disabled."""
         if not self.enabled:
             return None
-        return {"host": self.host, "port": self.port, "ae_title": self.ae_title}
+        return {
+            "host": self.host,
+            "port": self.port,
+            "ae_title": self.ae_title,
+            "gateway_id": self.gateway_id,
+        }
+
+    def gateway_enrolled(self) -> bool:
+        """Whether the gateway key is an active ``service`` of this institution."""
+        ident = self._lookup(self.gateway_id)
+        return decide(_SELF, ident, self.institution).accepted
 
     async def start(self) -> None:
         if not self.enabled:
             return
         self._loop = asyncio.get_running_loop()
-        scp = DicomSCP(self.host, self.port, self.ae_title, self.authorize)
+        scp = DicomSCP(
+            self.host,
+            self.port,
+            self.ae_title,
+            self.authorize,
+            store=self.store,
+            on_closed=self.spool.association_closed,
+            max_instance_bytes=self.max_instance_bytes,
+        )
         scp.start()
         self._scp = scp
+        self._stop.clear()
+        self._sealer = threading.Thread(target=self._seal_loop, name="dicom-sealer", daemon=True)
+        self._sealer.start()
 
     async def stop(self) -> None:
         scp, self._scp = self._scp, None
         if scp is not None:
             # off the loop: association threads may be waiting on it for a lookup
             await asyncio.to_thread(scp.stop)
+        sealer, self._sealer = self._sealer, None
+        if sealer is not None:
+            self._stop.set()
+            self._wake.set()
+            # a seal in progress calls this node's API: let it fail or finish, briefly
+            await asyncio.to_thread(sealer.join, SEAL_JOIN_TIMEOUT_S)
+
+    def wake(self) -> None:
+        """Retry the studies waiting in the spool now (a patient link was added)."""
+        self._wake.set()
+
+    # ---- C-STORE (association threads) ---------------------------------------------------
+
+    def store(self, verdict: Verdict, calling_ae: str, instance: ReceivedInstance) -> None:
+        """Spool one instance durably (fsynced) before the SCP answers Success."""
+        meta = StudyMeta(
+            identity=verdict.identity, calling_ae=calling_ae, patient_id=instance.patient_id
+        )
+        try:
+            self.spool.put(
+                instance.study_uid, instance.sop_uid, instance.data, meta, instance.association
+            )
+        except MedLedgerError as exc:
+            raise Refused(str(exc), code=exc.code, status=STATUS_DATASET_MISMATCH)
+
+    # ---- sealing (the sealer thread) -----------------------------------------------------
+
+    def _seal_loop(self) -> None:
+        next_retry = 0.0  # batches left by an earlier run: at once
+        while not self._stop.is_set():
+            try:
+                for study_uid in self.spool.due(self.quiet_s):
+                    batch = self.spool.close(study_uid)
+                    if batch is not None and not self._stop.is_set():
+                        self.seal(batch)
+                now = time.monotonic()
+                if self._wake.is_set() or now >= next_retry:
+                    self._wake.clear()
+                    next_retry = now + self.retry_s
+                    for batch in self.spool.batches():
+                        if self._stop.is_set():
+                            break
+                        self.seal(batch)
+            except Exception:  # pragma: no cover - the loop must survive anything
+                log.exception("dicom.sealer_failed")
+            self._wake.wait(SEAL_POLL_S)
+
+    def seal(self, batch: Batch) -> str | None:
+        """Store ``batch`` as one record; return its ID (None: kept for a retry)."""
+        from medledger.client import Client  # httpx and the client: only when sealing
+        from medledger.study import STUDY_RECORD_TYPE, scan_study
+
+        started = time.monotonic()
+        try:
+            archive = scan_study(batch.path)
+            link = self.patients.get(batch.meta.patient_id)
+            if link is None:
+                raise InvalidInput(
+                    "the study's PatientID is not linked to a ledger patient "
+                    "(medledger patient link)",
+                    code="PATIENT_NOT_LINKED",
+                )
+            with Client(self.api_url, self.gateway_key) as client, archive.open() as src:
+                result = client.put_stream(
+                    src,
+                    archive.size,
+                    patient=link.patient,
+                    record_type=STUDY_RECORD_TYPE,
+                    on_behalf_of=batch.meta.identity,
+                )
+        except Exception as exc:
+            code = exc.code if isinstance(exc, MedLedgerError) else type(exc).__name__
+            log.error(
+                "dicom.seal_failed",
+                study_uid=batch.study_uid,
+                code=code,
+                message=str(exc)[:300],
+                identity=batch.meta.identity,
+                spool=str(batch.path),
+            )
+            return None
+        log.info(
+            "dicom.study_sealed",
+            study_uid=batch.study_uid,
+            record_id=result.record_id,
+            instances=archive.instances,
+            size=archive.size,
+            identity=batch.meta.identity,
+            gateway=self.gateway_id,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self.spool.discard(batch)
+        return result.record_id
 
     def authorize(self, calling_ae: str) -> Verdict:
         """Decide one association request (called in an association thread)."""

@@ -1,7 +1,12 @@
 """The DICOM association acceptor (SCP) of a node, on pynetdicom.
 
 :class:`DicomSCP` listens on one address under one AE title and serves the
-Verification service (C-ECHO). It decides nothing about callers itself: every
+Verification service (C-ECHO) and, given a ``store`` callable, the Storage service
+(C-STORE, pynetdicom's storage SOP classes in any transfer syntax it knows). Each
+received instance is checked here (size cap, StudyInstanceUID and SOPInstanceUID
+valid UIDs, a PatientID) and handed, encoded as a DICOM Part 10 file exactly as
+received, to ``store``; Success is answered only once ``store`` returned (the
+gateway's spool has fsynced it). It decides nothing about callers itself: every
 association request is put to an ``authorize`` callable before negotiation, and
 refused with A-ASSOCIATE-RJ unless it answers :class:`Verdict` ``accepted``.
 Refusals fail closed: an authorizer that raises refuses the association too.
@@ -14,17 +19,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.association import Association
-from pynetdicom.presentation import VerificationPresentationContexts
+from pynetdicom.presentation import StoragePresentationContexts, VerificationPresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
-from medledger.errors import NodeError
+from medledger.dicom.uids import is_uid, patient_id_problem
+from medledger.errors import MedLedgerError, NodeError
 from medledger.log import get_logger
 
 log = get_logger("medledger.dicom")
@@ -41,6 +48,12 @@ DIAG_TEMPORARY_CONGESTION = 0x01
 
 STATUS_SUCCESS = 0x0000
 STATUS_REFUSED = 0x0122  # C-ECHO outside an association this node authorised (never expected)
+# C-STORE failures (PS3.4 Annex B.2.3)
+STATUS_OUT_OF_RESOURCES = 0xA700  # over the size cap, or the spool cannot write
+STATUS_DATASET_MISMATCH = 0xA900  # no or invalid Study/SOP Instance UID, no PatientID, ...
+STATUS_CANNOT_UNDERSTAND = 0xC000  # the dataset does not decode
+
+DEFAULT_MAX_INSTANCE_BYTES = 512 * 1024 * 1024
 
 MAX_ASSOCIATIONS = 16
 ACSE_TIMEOUT_S = 30.0  # waiting for A-ASSOCIATE-RQ, A-RELEASE-RP
@@ -66,6 +79,29 @@ class Verdict:
 Authorizer = Callable[[str], Verdict]
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedInstance:
+    """One C-STORE request that passed the SCP's checks."""
+
+    study_uid: str
+    sop_uid: str
+    patient_id: str
+    data: bytes  # a DICOM Part 10 file: preamble, file meta, the dataset as received
+    association: int  # an ID of the association, for :data:`ClosedHandler`
+
+
+class Refused(MedLedgerError):
+    """``store`` refuses an instance: answered with ``status``, nothing kept."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+StoreHandler = Callable[[Verdict, str, ReceivedInstance], None]
+ClosedHandler = Callable[[int], None]
+
+
 def _reject_params(verdict: Verdict) -> tuple[int, int, int]:
     if verdict.transient:
         return REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, DIAG_TEMPORARY_CONGESTION
@@ -89,16 +125,33 @@ def _route_library_logs() -> None:
     lib = logging.getLogger("pynetdicom")
     if _library_handler not in lib.handlers:
         lib.addHandler(_library_handler)
+    # pydicom warns (and logs) about invalid values of received datasets, quoting them:
+    # patient data, kept out of the node's output (the refusal is logged by reason)
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
 
 class DicomSCP:
     """A Verification SCP on ``host:port`` answering as ``ae_title``."""
 
-    def __init__(self, host: str, port: int, ae_title: str, authorize: Authorizer) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ae_title: str,
+        authorize: Authorizer,
+        *,
+        store: StoreHandler | None = None,
+        on_closed: ClosedHandler | None = None,
+        max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+    ) -> None:
         self.host = host
         self.port = port
         self.ae_title = ae_title
         self._authorize = authorize
+        self._store = store
+        self._on_closed_cb = on_closed
+        self.max_instance_bytes = max_instance_bytes
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         # the verdict of each association this SCP accepted, for its DIMSE handlers
@@ -107,6 +160,10 @@ class DicomSCP:
         )
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = VerificationPresentationContexts
+        if store is not None:
+            for cx in StoragePresentationContexts:
+                assert cx.abstract_syntax is not None
+                ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.require_called_aet = True  # checked below too; this is pynetdicom's own guard
         ae.maximum_associations = MAX_ASSOCIATIONS
         ae.acse_timeout = ACSE_TIMEOUT_S
@@ -129,6 +186,8 @@ class DicomSCP:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         try:
             server = self._ae.start_server(
@@ -229,5 +288,88 @@ class DicomSCP:
         log.info("dicom.echo", calling_ae=calling, identity=verdict.identity)
         return STATUS_SUCCESS
 
+    def _on_store(self, event: evt.Event) -> int:
+        assoc = event.assoc
+        verdict = self._verdict(assoc)
+        calling = assoc.requestor.ae_title.strip(" ")
+        if verdict is None or self._store is None:  # cannot happen (see _on_echo)
+            log.error("dicom.unauthorised_request", calling_ae=calling, service="C-STORE")
+            return STATUS_REFUSED
+        req = event.request
+        sop_uid = str(getattr(req, "AffectedSOPInstanceUID", "") or "")
+
+        def refuse(status: int, reason: str, **kw: Any) -> int:
+            log.warning(
+                "dicom.store_refused",
+                calling_ae=calling,
+                identity=verdict.identity,
+                reason=reason,
+                status=f"0x{status:04X}",
+                sop_uid=sop_uid if is_uid(sop_uid) else None,
+                **kw,
+            )
+            return status
+
+        raw = getattr(req, "DataSet", None)
+        size = len(raw.getbuffer()) if raw is not None else 0
+        if size > self.max_instance_bytes:
+            return refuse(STATUS_OUT_OF_RESOURCES, "too_large", size=size)
+        try:
+            ds = event.dataset
+            study_uid = _text(ds.get("StudyInstanceUID"))
+            ds_sop_uid = _text(ds.get("SOPInstanceUID"))
+            patient_id = _text(ds.get("PatientID"))
+        except Exception:  # pydicom signals a malformed dataset with many types
+            return refuse(STATUS_CANNOT_UNDERSTAND, "undecodable")
+        if not study_uid:
+            return refuse(STATUS_DATASET_MISMATCH, "no_study_uid")
+        if not is_uid(study_uid):
+            return refuse(STATUS_DATASET_MISMATCH, "bad_study_uid")
+        if not is_uid(ds_sop_uid) or ds_sop_uid != sop_uid:
+            return refuse(STATUS_DATASET_MISMATCH, "bad_sop_uid")
+        if patient_id_problem(patient_id) is not None:
+            return refuse(STATUS_DATASET_MISMATCH, "bad_patient_id", study_uid=study_uid)
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception:
+            return refuse(STATUS_CANNOT_UNDERSTAND, "undecodable", study_uid=study_uid)
+        instance = ReceivedInstance(
+            study_uid=study_uid,
+            sop_uid=sop_uid,
+            patient_id=patient_id,
+            data=data,
+            association=id(assoc),
+        )
+        try:
+            self._store(verdict, calling, instance)
+        except Refused as exc:
+            return refuse(exc.status, exc.code.lower(), study_uid=study_uid)
+        except Exception:
+            log.exception("dicom.spool_failed", calling_ae=calling, study_uid=study_uid)
+            return STATUS_OUT_OF_RESOURCES
+        log.info(
+            "dicom.stored",
+            calling_ae=calling,
+            identity=verdict.identity,
+            study_uid=study_uid,
+            sop_uid=sop_uid,
+            size=len(data),
+        )
+        return STATUS_SUCCESS
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        if self._on_closed_cb is not None:
+            try:
+                self._on_closed_cb(id(event.assoc))
+            except Exception:  # pragma: no cover - a handler must not break the server
+                log.exception("dicom.close_handler_failed")
+
     def _on_connection_error(self, request: Any, client_address: Any) -> None:
         log.exception("dicom.connection_error", peer=str(client_address))
+
+
+def _text(value: object) -> str:
+    """A DICOM string value as text, padding removed ('' when absent or multi-valued)."""
+    if value is None or not isinstance(value, str):
+        return ""
+    return value.strip("\x00 ")

@@ -28,6 +28,12 @@ class DicomConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int | None = None
     ae_title: str = ""  # empty: derived from the node's name (hospital-a: HOSPITAL-A)
+    # C-STORE: a study is stored as one record once no instance arrived for quiet_s
+    # (and its associations are closed); a study that could not be stored is retried
+    # every retry_s; an instance over max_instance_bytes is refused (0xA700)
+    quiet_s: float = 5.0
+    retry_s: float = 30.0
+    max_instance_bytes: int = 512 * 1024 * 1024
 
 
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -118,6 +124,13 @@ def load_config(home: Path) -> NodeConfig:
             raise InvalidInput(
                 f"node configuration {path}: dicom needs a host and a port 0..65535 "
                 "(0 disables the listener)",
+                code="CONFIG_INVALID",
+            )
+        d = config.dicom
+        if not (0 < d.quiet_s <= 86400 and 0 < d.retry_s <= 86400 and d.max_instance_bytes > 0):
+            raise InvalidInput(
+                f"node configuration {path}: dicom needs quiet_s and retry_s in (0, 86400] "
+                "and a positive max_instance_bytes",
                 code="CONFIG_INVALID",
             )
         problem = config.dicom.ae_title and ae_title_problem(config.dicom.ae_title)

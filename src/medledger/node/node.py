@@ -52,7 +52,7 @@ from medledger.ledger.merkle import merkle_root
 from medledger.ledger.store import LedgerStore, StoredBlock
 from medledger.ledger.tx import SignedTx, decode_envelope, make_tx, tx_hash
 from medledger.log import get_logger
-from medledger.node.config import NodeConfig, load_config
+from medledger.node.config import DicomConfig, NodeConfig, load_config
 from medledger.node.custody_ops import CustodyOps
 from medledger.node.driver import ConsensusDriver
 from medledger.node.mempool import Mempool
@@ -130,6 +130,7 @@ class Node:
         self._verify_pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify")
         self.storage = StorageOps(self)
         self.custody = CustodyOps(self)
+        dicom_cfg = self.config.dicom or DicomConfig()
         self.dicom = DicomGateway(
             home,
             institution=self.config.name,
@@ -137,7 +138,20 @@ class Node:
             port=self.config.dicom_port(),
             ae_title=self.config.dicom_ae_title(),
             lookup_identity=self.app.query_identity,
+            api_url=self._own_api_url(),
+            quiet_s=dicom_cfg.quiet_s,
+            retry_s=dicom_cfg.retry_s,
+            max_instance_bytes=dicom_cfg.max_instance_bytes,
         )
+
+    def _own_api_url(self) -> str:
+        """This node's API as the node itself reaches it (the DICOM gateway's client)."""
+        host = self.config.api_host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.config.api_port}"
 
     # ---- start-up and recovery -------------------------------------------------------
 
