@@ -48,18 +48,21 @@ from .test_consortium import (
 AUDIT_EPOCH = 4
 
 
-def set_chain_params(c: Consortium, **params: int) -> None:
-    """Edit the genesis of a consortium that was initialised but never started."""
+def set_chain_params(c: Consortium, powers: dict[str, int] | None = None, **params: int) -> None:
+    """Edit the genesis of a consortium that was initialised but never started:
+    chain parameters, and validators' voting power by institution."""
     for path in [c.dir / "genesis.json", *(home(c, n) / "genesis.json" for n in NAMES)]:
         doc = json.loads(path.read_text())
         doc.setdefault("params", {}).update(params)
+        for v in doc["validators"]:
+            v["power"] = (powers or {}).get(v["name"], v["power"])
         path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def start_quad(c: Consortium, **params: int) -> None:
+def start_quad(c: Consortium, powers: dict[str, int] | None = None, **params: int) -> None:
     c.init(4)
     assert [i["name"] for i in c.info["institutions"]] == NAMES
-    set_chain_params(c, **params)
+    set_chain_params(c, powers, **params)
     c.up()
     wait_for(lambda: full_mesh(c, NAMES), 20, "every validator to connect to the other three")
 

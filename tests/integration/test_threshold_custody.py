@@ -14,7 +14,6 @@ the custody threshold refuses it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +46,6 @@ from .test_consortium import (
     NAMES,
     admin_key,
     api,
-    enroll_as,
     full_mesh,
     home,
     node_key,
@@ -55,37 +53,19 @@ from .test_consortium import (
     wait_converged,
     wait_for,
 )
+from .test_erasure_storage import Cast, start_quad
 
 POWER = {"hospital-a": 40, "hospital-b": 10, "hospital-c": 10, "hospital-d": 10}
-
-
-def set_powers(c: Consortium) -> None:
-    """Edit the genesis of a consortium that was initialised but never started."""
-    for path in [c.dir / "genesis.json", *(home(c, n) / "genesis.json" for n in NAMES)]:
-        doc = json.loads(path.read_text())
-        for v in doc["validators"]:
-            v["power"] = POWER[v["name"]]
-        path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
 def quad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
     c = Consortium(tmp_path_factory.mktemp("custody"))
     try:
-        c.init(4)
-        assert [i["name"] for i in c.info["institutions"]] == NAMES
-        set_powers(c)
-        c.up()
-        wait_for(lambda: full_mesh(c, NAMES), 20, "every validator to connect to the other three")
+        start_quad(c, powers=POWER)
         yield c
     finally:
         c.stop()
-
-
-class Cast:
-    def __init__(self, c: Consortium) -> None:
-        self.clinician = enroll_as(c, "hospital-a", "hospital-a", "clinician-a", "clinician")
-        self.patient = enroll_as(c, "hospital-a", "hospital-a", "patient", "patient")
 
 
 @pytest.fixture(scope="module")
