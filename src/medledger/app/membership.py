@@ -18,7 +18,6 @@ from medledger.app.model import (
     GOV_PASSED,
     GOV_REMOVE,
     INSTITUTION_RE,
-    REGULATOR_SUBJECT,
     EvidenceBody,
     EvidenceRecord,
     EvidenceVote,
@@ -28,6 +27,7 @@ from medledger.app.model import (
     ProposeMemberBody,
     Role,
     VoteMemberBody,
+    alert_event,
     k_evidence,
     k_identity,
     k_institution,
@@ -262,13 +262,11 @@ def submit_evidence(
         detail=f"equivocation institution={val.name} height={a.height} round={a.round} "
         f"type={a.type}; effective_height={height + 2}",
     )
-    alert = Event(
-        action="alert",
-        actor=val.id,
-        subject=REGULATOR_SUBJECT,
-        record_id="",
-        outcome=ALERT_JAILED,
-        detail=f"institution={val.name} equivocation at height={a.height} round={a.round}",
+    alert = alert_event(
+        ALERT_JAILED,
+        val.id,
+        "",
+        f"institution={val.name} equivocation at height={a.height} round={a.round}",
     )
     return Outcome(
         events=[ev, alert],

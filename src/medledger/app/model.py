@@ -9,7 +9,7 @@ import re
 from enum import StrEnum
 
 from medledger.codec import Record
-from medledger.ledger.block import Vote
+from medledger.ledger.block import Event, Vote
 from medledger.storage.erasure import shard_count, stripe_count
 
 
@@ -256,6 +256,19 @@ ALERT_SPIKE = "access_spike"
 ALERT_STORAGE = "storage_audit_failure"
 ALERT_JAILED = "validator_jailed"
 ALERT_ERASURE = "erasure"
+
+
+def alert_event(kind: str, actor: str, record_id: str, detail: str) -> Event:
+    """An alert to the regulator: indexed under ``@regulator``, the kind as outcome."""
+    return Event(
+        action="alert",
+        actor=actor,
+        subject=REGULATOR_SUBJECT,
+        record_id=record_id,
+        outcome=kind,
+        detail=detail,
+    )
+
 
 # ---- storage audits and repair -----------------------------------------------------
 

@@ -26,7 +26,6 @@ from medledger.app.model import (
     ALERT_ERASURE,
     ALERT_SPIKE,
     PURPOSES,
-    REGULATOR_SUBJECT,
     AccessRate,
     EraseApproveBody,
     EraseRequest,
@@ -34,6 +33,7 @@ from medledger.app.model import (
     Identity,
     ReadRecordBody,
     RecordMeta,
+    alert_event,
     is_record_id,
     k_access_rate,
     k_erase_request,
@@ -62,18 +62,6 @@ class ReadOutcome:
     decision: access.Decision
     events: list[Event]
     data: dict[str, str]
-
-
-def alert_event(kind: str, actor: str, record_id: str, detail: str) -> Event:
-    """An alert to the regulator: indexed under ``@regulator``, the kind as outcome."""
-    return Event(
-        action="alert",
-        actor=actor,
-        subject=REGULATOR_SUBJECT,
-        record_id=record_id,
-        outcome=kind,
-        detail=detail,
-    )
 
 
 def count(view: StateView, key: bytes) -> None:

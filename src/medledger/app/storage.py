@@ -14,7 +14,6 @@ from medledger.app.membership import current_validators
 from medledger.app.model import (
     ALERT_REASONS,
     ALERT_STORAGE,
-    REGULATOR_SUBJECT,
     STORAGE_SUBJECT,
     Identity,
     Institution,
@@ -23,6 +22,7 @@ from medledger.app.model import (
     Role,
     StorageAlertBody,
     StorageRepairBody,
+    alert_event,
     is_record_id,
     k_institution,
     k_record,
@@ -123,14 +123,7 @@ def alert(view: StateView, sender: Identity, body: StorageAlertBody) -> list[Eve
     )
     return [
         _event("storage.alert", sender, meta, "failed", detail),
-        Event(
-            action="alert",
-            actor=sender.id,
-            subject=REGULATOR_SUBJECT,
-            record_id=meta.record_id,
-            outcome=ALERT_STORAGE,
-            detail=detail,
-        ),
+        alert_event(ALERT_STORAGE, sender.id, meta.record_id, detail),
     ]
 
 
