@@ -28,7 +28,9 @@ from medledger.app.model import (
     ALERT_SPIKE,
     ALERT_STORAGE,
     STATS_PREFIX,
+    Identity,
     Role,
+    k_identity,
 )
 from medledger.crypto.keys import is_identity_id
 from medledger.errors import Forbidden, InvalidInput, NotFound
@@ -47,6 +49,21 @@ ALERT_KINDS = frozenset(
 )
 REGULATOR_ROLES = frozenset({Role.REGULATOR.value})
 PROOF_MEDIA_TYPE = "application/vnd.medledger.proof"
+
+
+def require_trail_view(node: Node, actor: Identity, subject: str) -> Identity:
+    """``subject``'s identity, if ``actor`` may see its trail, consents and care (itself,
+    its proxies, admins of its institution, regulators); a typed error otherwise."""
+    if not is_identity_id(subject):
+        raise InvalidInput("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
+    view = node.app.committed_view()
+    ident = view.get(k_identity(subject), Identity)
+    if ident is None:
+        raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
+    decision = access.may_view_audit(actor, ident, consents.is_proxy(view, subject, actor.id))
+    if not decision.allowed:
+        raise Forbidden(decision.reason, code="ACCESS_DENIED")
+    return ident
 
 
 # ---- JSON answers (pure: a store in, a document out) -----------------------------------
@@ -179,18 +196,8 @@ def add_audit_routes(
     role_in: Callable[[Any, frozenset[str], str], None],
 ) -> None:
     async def audit_caller(request: Request, subject: str) -> Any:
-        """The caller, if it may see ``subject``'s trail (itself, its proxies, admins
-        of its institution, regulators)."""
         caller = await authenticate(request)
-        if not is_identity_id(subject):
-            raise InvalidInput("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
-        ident = node.app.query_identity(subject)
-        if ident is None:
-            raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
-        proxy = consents.is_proxy(node.app.committed_view(), subject, caller.identity.id)
-        decision = access.may_view_audit(caller.identity, ident, proxy)
-        if not decision.allowed:
-            raise Forbidden(decision.reason, code="ACCESS_DENIED")
+        require_trail_view(node, caller.identity, subject)
         return caller
 
     @app.get("/api/v1/audit")

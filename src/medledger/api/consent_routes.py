@@ -13,18 +13,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from medledger.app import access, consents
+from medledger.api.audit_routes import require_trail_view
+from medledger.app import consents
 from medledger.app.model import (
     CareRelation,
     Consent,
     Identity,
     is_consent_id,
     k_consent,
-    k_identity,
 )
 from medledger.codec import decode
-from medledger.crypto.keys import is_identity_id
-from medledger.errors import Forbidden, InvalidInput, NotFound
+from medledger.errors import InvalidInput, NotFound
 from medledger.node.node import Node
 
 CARE_PREFIX = b"v1/care/"
@@ -65,18 +64,9 @@ def add_consent_routes(
     app: FastAPI, node: Node, authenticate: Callable[..., Awaitable[Any]]
 ) -> None:
     def patient_view(caller: Any, patient_id: str) -> Identity:
-        """The patient whose consents or care ``caller`` asks for, if it may see them."""
-        if not is_identity_id(patient_id):
-            raise InvalidInput("not an identity ID", code="BAD_IDENTITY_ID")
-        view = node.app.committed_view()
-        patient = view.get(k_identity(patient_id), Identity)
-        if patient is None:
-            raise NotFound("identity is not enrolled", code="UNKNOWN_IDENTITY")
-        proxy = consents.is_proxy(view, patient_id, caller.identity.id)
-        decision = access.may_view_audit(caller.identity, patient, proxy)
-        if not decision.allowed:
-            raise Forbidden(decision.reason, code="ACCESS_DENIED")
-        return patient
+        """The patient whose consents or care ``caller`` asks for, if it may see them
+        (as it may see the patient's audit trail)."""
+        return require_trail_view(node, caller.identity, patient_id)
 
     @app.get("/api/v1/consents")
     async def list_consents(request: Request, patient: str) -> dict[str, Any]:
