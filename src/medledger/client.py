@@ -24,6 +24,7 @@ import httpx
 import msgspec
 
 from medledger.api import signing
+from medledger.app import delegation
 from medledger.app.model import (
     ACTOR_IDENTITY,
     ACTOR_INSTITUTION,
@@ -58,13 +59,22 @@ from medledger.crypto.aead import new_data_key
 from medledger.crypto.cid import cid_for
 from medledger.crypto.keys import PrivateKey, PublicKey, is_identity_id, seal_to, unseal
 from medledger.custody.shamir import KeyShare, combine_key, split_key
-from medledger.errors import IntegrityError, MedLedgerError, Unavailable, from_wire
+from medledger.errors import (
+    IntegrityError,
+    InvalidInput,
+    MedLedgerError,
+    Unavailable,
+    from_wire,
+)
 from medledger.ledger.tx import make_tx
 from medledger.storage import framing
 from medledger.storage.crypt import ChunkDecryptor, build_content_manifest, encrypt_stream
 from medledger.storage.manifest import DEFAULT_CHUNK_SIZE, ChunkRef, decode_manifest
 
 Progress = Callable[[int], None]
+
+
+NONCE_RETRIES = 8  # re-signs when another client of the same key took the nonce
 
 
 @dataclass
@@ -190,8 +200,18 @@ class Client:
     def submit(
         self, kind: str, body: Any, *, allow_codes: frozenset[str] = frozenset()
     ) -> dict[str, Any]:
-        """Submit and wait for commit; raise the committed error code if it failed."""
-        receipt = self.submit_raw(self.build_tx(kind, body))
+        """Submit and wait for commit; raise the committed error code if it failed.
+
+        Another client with the same key (the node's gateway, say, sealing a study
+        while a C-MOVE reads) may take the nonce between fetching and submitting it:
+        the transaction is then re-signed at the next nonce, a few times."""
+        for attempt in range(NONCE_RETRIES):
+            try:
+                receipt = self.submit_raw(self.build_tx(kind, body))
+                break
+            except MedLedgerError as exc:
+                if exc.code != "NONCE_REPLAY" or attempt == NONCE_RETRIES - 1:
+                    raise
         if receipt.get("code") != "OK" and receipt.get("code") not in allow_codes:
             raise from_wire(
                 403 if receipt.get("code") == "ACCESS_DENIED" else 400,
@@ -452,13 +472,22 @@ class Client:
         *,
         break_glass: bool = False,
         reason: str = "",
+        on_behalf_of: str = "",
+        delegation: bytes = b"",
     ) -> dict[str, Any]:
         """Commit the access event for a read; raises ACCESS_DENIED if the chain denies it.
-        ``break_glass`` (clinicians, with a ``reason``): an emergency read, flagged."""
+        ``break_glass`` (clinicians, with a ``reason``): an emergency read, flagged.
+        A node's gateway reads ``on_behalf_of`` a device of its institution, or for the
+        identity whose signed ``delegation`` (a bearer token) it holds."""
         return self.submit(
             READ_RECORD,
             ReadRecordBody(
-                record_id=record_id, purpose=purpose, break_glass=break_glass, reason=reason
+                record_id=record_id,
+                purpose=purpose,
+                break_glass=break_glass,
+                reason=reason,
+                on_behalf_of=on_behalf_of,
+                delegation=delegation,
             ),
         )
 
@@ -487,11 +516,20 @@ class Client:
         on_size: Callable[[int], None] | None = None,
         break_glass: bool = False,
         reason: str = "",
+        on_behalf_of: str = "",
+        delegation: bytes = b"",
     ) -> dict[str, Any]:
         """Log the read on chain, rebuild the key from its custodians' shares (in memory),
         stream, verify and decrypt. Nothing is written to ``out`` unless all of that
-        succeeds."""
-        receipt = self.request_read(record_id, purpose, break_glass=break_glass, reason=reason)
+        succeeds. ``on_behalf_of``, ``delegation``: see :meth:`request_read`."""
+        receipt = self.request_read(
+            record_id,
+            purpose,
+            break_glass=break_glass,
+            reason=reason,
+            on_behalf_of=on_behalf_of,
+            delegation=delegation,
+        )
         access_tx = receipt["tx_hash"]
         # the manifest CID comes with the shares: a reader allowed by consent or care
         # may not see the record's metadata listing (another institution's record)
@@ -525,6 +563,23 @@ class Client:
             "size": size,
             "out": str(out),
         }
+
+    def issue_token(self, scopes: list[str], lifetime_ms: int) -> str:
+        """A bearer token for this client's identity, valid at this node only (its
+        DICOM gateway is the delegate), signed here: the key never leaves the client."""
+        doc = self.status()
+        gateway = (doc.get("dicom") or {}).get("gateway_id")
+        if not gateway:
+            raise InvalidInput("this node has no DICOM gateway to delegate to", code="NO_GATEWAY")
+        raw = delegation.issue(
+            self.key,
+            chain_id=str(doc["chain_id"]),
+            delegate=str(gateway),
+            scopes=scopes,
+            now_ms=int(time.time() * 1000),
+            lifetime_ms=lifetime_ms,
+        )
+        return delegation.token_text(raw)
 
     def list_records(self, patient: str) -> list[dict[str, Any]]:
         return list(self.get_json("/api/v1/records", patient=patient)["records"])
@@ -578,13 +633,15 @@ class Client:
         doc: dict[str, Any] = self.get_json("/api/v1/dicom/allowed-aes")
         return doc
 
-    def dicom_allow(self, ae_title: str, identity: str) -> dict[str, Any]:
-        """Map a calling AE title to a ``service`` identity of the node's institution."""
-        resp = self._request(
-            "POST",
-            "/api/v1/dicom/allowed-aes",
-            json_body={"ae_title": ae_title, "identity": identity},
-        )
+    def dicom_allow(
+        self, ae_title: str, identity: str, *, host: str = "", port: int = 0
+    ) -> dict[str, Any]:
+        """Map a calling AE title to a ``service`` identity of the node's institution;
+        with ``host`` and ``port``, the title is also a C-MOVE destination there."""
+        body: dict[str, Any] = {"ae_title": ae_title, "identity": identity}
+        if host or port:
+            body.update(host=host, port=port)
+        resp = self._request("POST", "/api/v1/dicom/allowed-aes", json_body=body)
         doc: dict[str, Any] = resp.json()
         return doc
 

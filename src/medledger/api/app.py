@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medledger import __version__
-from medledger.api import signing
+from medledger.api import signing, tokens
 from medledger.api.audit_routes import add_audit_routes, event_json
 from medledger.api.consent_routes import add_consent_routes
 from medledger.api.custody_routes import add_custody_routes
@@ -29,6 +29,7 @@ from medledger.api.dicom_routes import add_dicom_routes
 from medledger.api.params import parse_hash
 from medledger.api.storage_routes import add_storage_routes, frame_items
 from medledger.app import access, consents
+from medledger.app.delegation import SCOPE_READ
 from medledger.app.model import (
     ACTIVE,
     EvidenceRecord,
@@ -72,6 +73,9 @@ WRITER_ROLES = frozenset({Role.CLINICIAN.value, Role.SERVICE.value, Role.PATIENT
 class Caller:
     public_key: PublicKey
     identity: Identity
+    # the signed delegation of a bearer-token caller (DICOMweb, FHIR): the node's
+    # gateway acts with it for ``identity``; empty for a signed request
+    token: bytes = b""
 
 
 def error_response(exc: MedLedgerError) -> JSONResponse:
@@ -163,6 +167,15 @@ def create_app(node: Node) -> FastAPI:
 
     async def caller_dep(request: Request) -> Caller:
         return await authenticate(request)
+
+    async def authenticate_any(request: Request, *, scope: str = SCOPE_READ) -> Caller:
+        """A bearer token (``Authorization: Bearer``; it must carry ``scope``) or a
+        signed request: for the DICOMweb and FHIR routes, whose clients cannot sign."""
+        raw = tokens.bearer_token(request.headers.get("authorization"))
+        if raw is None:
+            return await authenticate(request, streamed=True)
+        identity, pk = tokens.check_bearer(node, raw, scope, now_ms())
+        return Caller(public_key=pk, identity=identity, token=raw)
 
     def role_in(caller: Caller, roles: frozenset[str], what: str) -> None:
         if caller.identity.role not in roles:

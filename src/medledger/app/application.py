@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medledger.app import access, consents, membership, reads, storage
+import msgspec
+
+from medledger.app import access, consents, delegation, membership, reads, storage
 from medledger.app.membership import ValidatorList
 from medledger.app.model import (
     ACTIVE,
@@ -79,6 +81,15 @@ from medledger.ledger.tx import SignedTx
 
 # Execution failures that still belong on chain: the attempt itself is audited.
 INCLUDED_FAILURES = frozenset({"ACCESS_DENIED"})
+
+# the transaction kinds a node's gateway may send for a token's identity, and the scope
+# the delegation must carry for each (app/delegation.py)
+DELEGATED_SCOPES = {
+    READ_RECORD: delegation.SCOPE_READ,
+    GRANT_CONSENT: delegation.SCOPE_CONSENT,
+    REVOKE_CONSENT: delegation.SCOPE_CONSENT,
+    ENROLL: delegation.SCOPE_ENROLL,
+}
 
 MAX_SIZE = 1 << 48
 DECODED_CACHE = 100_000
@@ -352,6 +363,14 @@ class Application:
             except MedLedgerError as exc:
                 return _fail("TX_MALFORMED", f"{stx.tx.kind} body: {exc.message}")
             stx.decoded_body = body
+        via = ""
+        delegated: bytes = getattr(body, "delegation", b"")
+        if delegated:
+            try:
+                sender = self._grantor(view, ctx, stx, delegated)
+            except MedLedgerError as exc:
+                return _fail(exc.code, exc.message)
+            via = stx.tx.sender
         child = view.child()
         try:
             result: TxResult = fn(child, ctx, stx, sender, body)
@@ -362,9 +381,39 @@ class Application:
             reads.ReadRuleError,
         ) as exc:
             return _fail(exc.code, exc.message)
+        if via:
+            result = _note_events(result, sender.id, f"via={via}")
         if result.ok or result.code in INCLUDED_FAILURES:
             view.merge(child)
         return result
+
+    def _grantor(self, view: StateView, ctx: BlockContext, stx: SignedTx, raw: bytes) -> Identity:
+        """The identity a delegated transaction acts for: the delegation must be valid
+        at the block's time, name the sender as its delegate and carry the kind's
+        scope, and its grantor must be active."""
+        scope = DELEGATED_SCOPES.get(stx.tx.kind)
+        if scope is None:
+            raise ExecError(f"{stx.tx.kind} cannot be delegated", code="TOKEN_SCOPE")
+        d = delegation.verify(
+            raw, chain_id=self.chain_id, delegate=stx.tx.sender, scope=scope, now_ms=ctx.time_ms
+        )
+        return self._active_sender(view, d.grantor)
+
+    def effective_reader(self, sender: Identity, body: ReadRecordBody, at_ms: int) -> Identity:
+        """Who a committed ``record.read`` read for: its sender, or the grantor of its
+        delegation (valid at ``at_ms``, the access event's block time), if still active
+        (custody re-checks the policy for this identity before releasing a share)."""
+        if not body.delegation:
+            return sender
+        view = self.committed_view()
+        d = delegation.verify(
+            body.delegation,
+            chain_id=self.chain_id,
+            delegate=sender.id,
+            scope=delegation.SCOPE_READ,
+            now_ms=at_ms,
+        )
+        return self._active_sender(view, d.grantor)
 
     # identity.enroll
     def _enroll(
@@ -553,11 +602,23 @@ class Application:
         sender: Identity,
         body: ReadRecordBody,
     ) -> TxResult:
+        if body.on_behalf_of:
+            if body.delegation:
+                raise ExecError(
+                    "a read is either delegated or on behalf of a device", code="TX_MALFORMED"
+                )
+            device = view.get(k_identity(body.on_behalf_of), Identity)
+            _require(access.may_act_as_gateway(sender, device), "NOT_AUTHORIZED")
         out = reads.read(view, sender, body, ctx.time_ms, self._spike)
-        if not out.decision.allowed:
-            message = f"{out.decision.rule}: {out.decision.reason}"
-            return TxResult(code="ACCESS_DENIED", message=message, events=out.events, data=out.data)
-        return _ok(out.events, out.data)
+        result = TxResult(
+            code="OK" if out.decision.allowed else "ACCESS_DENIED",
+            message="" if out.decision.allowed else f"{out.decision.rule}: {out.decision.reason}",
+            events=out.events,
+            data=out.data,
+        )
+        if body.on_behalf_of:
+            result = _note_events(result, sender.id, f"on_behalf_of={body.on_behalf_of}")
+        return result
 
     def evaluate_read(self, sender: Identity, body: ReadRecordBody, now_ms: int) -> access.Decision:
         """The policy's decision on a read against committed state (custody re-checks
@@ -567,6 +628,17 @@ class Application:
         except reads.ReadRuleError as exc:
             return access.Decision(False, exc.message, exc.code.lower())
         return decision
+
+
+def _note_events(result: TxResult, actor: str, note: str) -> TxResult:
+    """``result`` with ``note`` appended to the detail of the events ``actor`` acted in."""
+    events = [
+        msgspec.structs.replace(e, detail=f"{e.detail}; {note}" if e.detail else note)
+        if e.actor == actor
+        else e
+        for e in result.events
+    ]
+    return msgspec.structs.replace(result, events=events)
 
 
 def _ok(events: list[Event], data: dict[str, str]) -> TxResult:

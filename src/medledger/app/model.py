@@ -104,6 +104,9 @@ SET_PROXY = "proxy.set"
 class EnrollBody(Record, frozen=True):
     id: str
     role: str
+    # a signed delegation (app/delegation.py, scope "enroll"): the sender, a node's
+    # gateway, enrolls for the admin who signed it; empty: the sender enrolls itself
+    delegation: bytes = b""
 
 
 class SuspendBody(Record, frozen=True):
@@ -134,6 +137,12 @@ class ReadRecordBody(Record, frozen=True):
     purpose: str
     break_glass: bool = False  # an emergency read outside the usual rules (clinicians only)
     reason: str = ""  # required for break-glass: why
+    # a gateway (a service) reading for a service of its institution, such as the
+    # DICOM device that asked for a C-MOVE (ADR 0008); empty: for itself
+    on_behalf_of: str = ""
+    # a signed delegation (scope "read"): the sender, a node's gateway, reads for the
+    # identity that signed it (a DICOMweb or FHIR client's bearer token)
+    delegation: bytes = b""
 
 
 class EraseRequestBody(Record, frozen=True):
@@ -180,10 +189,12 @@ class GrantConsentBody(Record, frozen=True):
     start_ms: int  # FHIR provision.period; 0: from now
     end_ms: int  # 0: open-ended
     permit: bool  # FHIR provision.type: permit | deny
+    delegation: bytes = b""  # scope "consent": a gateway grants for the token's identity
 
 
 class RevokeConsentBody(Record, frozen=True):
     consent_id: str
+    delegation: bytes = b""  # scope "consent": a gateway revokes for the token's identity
 
 
 class Consent(Record, frozen=True):

@@ -635,7 +635,14 @@ class Node:
         if requester is None:
             raise Forbidden("the requester is not enrolled", code="ACCESS_DENIED")
         body = decode(stx.tx.body, ReadRecordBody)
-        check_decision(self.app.evaluate_read(requester, body, max(latest, now_ms())))
+        try:  # a delegated read (a bearer token): the policy decides for its grantor
+            reader = self.app.effective_reader(requester, body, block.header.time_ms)
+        except MedLedgerError as exc:
+            raise Forbidden(
+                f"the access event's delegation no longer holds: {exc.message}",
+                code="ACCESS_DENIED",
+            )
+        check_decision(self.app.evaluate_read(reader, body, max(latest, now_ms())))
         return meta
 
     def release_key(self, record_id: str, access_tx: bytes, requester_pk: bytes) -> bytes:
