@@ -569,6 +569,7 @@ def record_json(m: RecordMeta) -> dict[str, Any]:
         "threshold": m.threshold,
         "deidentified": m.deidentified,
         "erased_height": m.erased_height,
+        "part_of": m.part_of,
         "institution": m.institution,
         "creator": m.creator,
         "created_ms": m.created_ms,

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from medledger.app import access, consents, delegation, membership, reads, storage
+from medledger.app import access, consents, delegation, membership, patients, reads, storage
 from medledger.app.membership import ValidatorList
 from medledger.app.model import (
     ACTIVE,
@@ -25,7 +25,9 @@ from medledger.app.model import (
     ERASE_REQUEST,
     GRANT_CONSENT,
     INSTITUTION_RE,
+    PATIENT_MERGE,
     PROPOSE_MEMBER,
+    PSEUDONYM_ENROLL,
     READ_RECORD,
     RECORD_TYPE_RE,
     REGISTER_RECORD,
@@ -47,7 +49,9 @@ from medledger.app.model import (
     GrantConsentBody,
     Identity,
     Institution,
+    MergeBody,
     ProposeMemberBody,
+    PseudonymBody,
     ReadRecordBody,
     RecordMeta,
     RegisterRecordBody,
@@ -167,6 +171,11 @@ class Application:
                 EraseRequestBody,
                 _rule(lambda v, c, stx, s, b: reads.request_erasure(v, s, b, c.height)),
             ),
+            PSEUDONYM_ENROLL: (
+                PseudonymBody,
+                _rule(lambda v, c, stx, s, b: patients.enroll_pseudonym(v, s, b, c.height)),
+            ),
+            PATIENT_MERGE: (MergeBody, _rule(lambda v, c, stx, s, b: patients.merge(v, s, b))),
             ERASE_APPROVE: (
                 EraseApproveBody,
                 _rule(lambda v, c, stx, s, b: reads.approve_erasure(v, s, b, c.height)),
@@ -379,6 +388,7 @@ class Application:
             storage.StorageRuleError,
             consents.ConsentRuleError,
             reads.ReadRuleError,
+            patients.PatientRuleError,
         ) as exc:
             return _fail(exc.code, exc.message)
         if via:
@@ -497,6 +507,8 @@ class Application:
             raise ExecError("content hash is not a CIDv1", code="BAD_CID")
         if not 0 <= body.size < MAX_SIZE or not 0 <= body.chunk_count < MAX_SIZE:
             raise ExecError("size out of range", code="TX_MALFORMED")
+        if body.part_of:
+            patients.check_part_of(view, sender, patient.id, body.type, body.part_of)
         params = self.genesis.params
         fraction = (params.custody_threshold_num, params.custody_threshold_den)
         storage.check_layout(view, body, fraction)
@@ -520,9 +532,11 @@ class Application:
             created_ms=ctx.time_ms,
             height=ctx.height,
             erased_height=0,
+            part_of=body.part_of,
         )
         view.put(k_record(record_id), meta)
         view.put(k_patient_record(patient.id, record_id), b"")
+        patients.note_record(view, patient.id)
         reads.count(view, k_stats("write", sender.institution, body.type, "-", "ok"))
         ev = Event(
             action="write",
@@ -531,7 +545,8 @@ class Application:
             record_id=record_id,
             outcome="ok",
             detail=f"type={body.type} size={body.size}"
-            + (f" on_behalf_of={body.on_behalf_of}" if body.on_behalf_of else ""),
+            + (f" on_behalf_of={body.on_behalf_of}" if body.on_behalf_of else "")
+            + (f" part_of={body.part_of}" if body.part_of else ""),
         )
         return _ok([ev], {"record_id": record_id})
 

@@ -76,6 +76,8 @@ class RecordMeta(Record, frozen=True):
     created_ms: int
     height: int
     erased_height: int = 0  # 0 while live; the height of the erasure that tombstoned it
+    # a later part of the same study: the record it continues (RegisterRecordBody.part_of)
+    part_of: str = ""
 
     @property
     def stripes(self) -> int:
@@ -89,6 +91,8 @@ class RecordMeta(Record, frozen=True):
 # ---- transaction kinds and bodies -------------------------------------------------
 
 ENROLL = "identity.enroll"
+PSEUDONYM_ENROLL = "patient.pseudonym"  # a gateway files an unlinked PatientID under one
+PATIENT_MERGE = "patient.merge"  # an admin merges a pseudonymous patient into a patient
 SUSPEND = "identity.suspend"
 REGISTER_RECORD = "record.register"
 READ_RECORD = "record.read"
@@ -107,6 +111,34 @@ class EnrollBody(Record, frozen=True):
     # a signed delegation (app/delegation.py, scope "enroll"): the sender, a node's
     # gateway, enrolls for the admin who signed it; empty: the sender enrolls itself
     delegation: bytes = b""
+
+
+class PseudonymBody(Record, frozen=True):
+    """A gateway enrolls a pseudonymous patient of its institution: the patient of
+    studies whose hospital PatientID is not linked to a ledger patient yet."""
+
+    id: str
+
+
+MAX_MERGE_RECORDS = 256
+
+
+class MergeBody(Record, frozen=True):
+    """An admin of the pseudonym's institution moves its records to ``patient`` (the
+    PatientID is now linked to them); the pseudonym retires once it has none left."""
+
+    pseudonym: str
+    patient: str
+    record_ids: list[str]  # at most MAX_MERGE_RECORDS, each the pseudonym's
+
+
+class Pseudonym(Record, frozen=True):
+    id: str
+    institution: str
+    created_by: str  # the gateway that enrolled it
+    height: int
+    records: int  # records still filed under it
+    merged_into: str  # "" until merged (then suspended)
 
 
 class SuspendBody(Record, frozen=True):
@@ -130,6 +162,9 @@ class RegisterRecordBody(Record, frozen=True):
     # a gateway (a service) registering for another service of its institution, such as
     # the modality that sent a study by DICOM C-STORE (ADR 0008); empty: for itself
     on_behalf_of: str = ""
+    # a study's later part (DICOM instances that came after the study was stored): the
+    # record it continues; same patient, type and institution (ADR 0008)
+    part_of: str = ""
 
 
 class ReadRecordBody(Record, frozen=True):
@@ -315,6 +350,10 @@ class StorageRepairBody(Record, frozen=True):
 
 def k_identity(id_: str) -> bytes:
     return b"v1/id/" + id_.encode()
+
+
+def k_pseudonym(id_: str) -> bytes:
+    return b"v1/pseudonym/" + id_.encode()
 
 
 def k_nonce(id_: str) -> bytes:
