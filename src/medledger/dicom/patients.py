@@ -8,7 +8,14 @@ chain::
 
     {"version": 1,
      "links": [{"mrn": "PAT-0001", "patient": "ml...", "added_by": "ml...",
-                "added_ms": 1767225600000}]}
+                "added_ms": 1767225600000, "pseudonymous": false,
+                "replaced_pseudonym": ""}]}
+
+A PatientID that arrives before anyone linked it is filed under a **pseudonymous
+patient** the gateway enrolls on chain (``patient.pseudonym``); its entry here says
+``pseudonymous``. Linking the MRN later replaces that entry (keeping the pseudonym in
+``replaced_pseudonym``) and the admin merges the pseudonym's records into the patient
+on chain (``patient.merge``; ``medledger patient link`` does both).
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ class PatientLink(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     patient: str
     added_by: str
     added_ms: int
+    # a pseudonymous patient the gateway enrolled for a PatientID nobody linked yet
+    pseudonymous: bool = False
+    # the pseudonym this link replaced: its records are merged into ``patient``
+    replaced_pseudonym: str = ""
 
 
 class _LinkFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -92,16 +103,39 @@ class PatientLinks:
             raise InvalidInput("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
         with self._lock:
             current = self._links.get(mrn)
+            replaced = ""
             if current is not None:
                 if current.patient == patient:
                     return current, False
-                raise Conflict(f"MRN {mrn!r} is linked to {current.patient}", code="MRN_IN_USE")
-            entry = PatientLink(mrn=mrn, patient=patient, added_by=added_by, added_ms=now_ms)
-            links = {**self._links, mrn: entry}
-            doc = _LinkFile(version=FORMAT_VERSION, links=[links[m] for m in sorted(links)])
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            atomic_write(
-                self.path, msgspec.json.format(msgspec.json.encode(doc)) + b"\n", mode=0o600
+                if not current.pseudonymous:
+                    raise Conflict(f"MRN {mrn!r} is linked to {current.patient}", code="MRN_IN_USE")
+                replaced = current.patient  # studies filed under a pseudonym so far
+            entry = PatientLink(
+                mrn=mrn,
+                patient=patient,
+                added_by=added_by,
+                added_ms=now_ms,
+                replaced_pseudonym=replaced,
             )
-            self._links = links
+            self._save({**self._links, mrn: entry})
             return entry, True
+
+    def add_pseudonym(self, mrn: str, pseudonym: str, *, added_by: str, now_ms: int) -> PatientLink:
+        """File ``mrn`` under the pseudonymous patient the gateway just enrolled (an MRN
+        someone linked meanwhile keeps its link: that one is returned)."""
+        validate_mrn(mrn)
+        with self._lock:
+            current = self._links.get(mrn)
+            if current is not None:
+                return current
+            entry = PatientLink(
+                mrn=mrn, patient=pseudonym, added_by=added_by, added_ms=now_ms, pseudonymous=True
+            )
+            self._save({**self._links, mrn: entry})
+            return entry
+
+    def _save(self, links: dict[str, PatientLink]) -> None:
+        doc = _LinkFile(version=FORMAT_VERSION, links=[links[m] for m in sorted(links)])
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(self.path, msgspec.json.format(msgspec.json.encode(doc)) + b"\n", mode=0o600)
+        self._links = links
