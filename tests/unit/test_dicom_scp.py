@@ -118,3 +118,135 @@ def test_a_port_in_use_is_a_clear_error(scp: DicomSCP) -> None:
     with pytest.raises(Exception) as exc:
         other.start()
     assert getattr(exc.value, "code", None) == "DICOM_LISTEN_FAILED"
+
+
+# ---- query/retrieve helpers and C-MOVE destinations --------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom, on the lower-case level
+def test_parse_identifier_levels_and_values() -> None:
+    from pydicom.dataset import Dataset
+
+    from medledger.dicom.scp import BadIdentifier, parse_identifier
+
+    study_root = "1.2.840.10008.5.1.4.1.2.2.1"
+    patient_root = "1.2.840.10008.5.1.4.1.2.1.1"
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "study"
+    ds.PatientID = "MRN-1 "
+    ds.StudyInstanceUID = ["1.2.3", "1.2.4"]
+    ds.PatientName = "Doe^*"
+    ds.StudyDate = "20200101-20201231"
+    ds.ReferencedStudySequence = []  # sequences are not matched
+    level, match = parse_identifier(ds, study_root)
+    assert level == "STUDY"
+    assert match == {
+        "PatientID": "MRN-1",
+        "StudyInstanceUID": "1.2.3\\1.2.4",
+        "PatientName": "Doe^*",
+        "StudyDate": "20200101-20201231",
+    }
+    ds.QueryRetrieveLevel = "PATIENT"
+    assert parse_identifier(ds, patient_root)[0] == "PATIENT"
+    for level_value in ("PATIENT", "FRAME", ""):
+        ds.QueryRetrieveLevel = level_value
+        with pytest.raises(BadIdentifier) as exc:
+            parse_identifier(ds, study_root)
+        assert exc.value.status == 0xA900 and exc.value.reason == "unsupported_level"
+    del ds.QueryRetrieveLevel
+    with pytest.raises(BadIdentifier):
+        parse_identifier(ds, study_root)
+
+
+def test_find_response_fills_the_requested_keys() -> None:
+    from pydicom.dataset import Dataset
+
+    from medledger.dicom.scp import find_response
+
+    ask = Dataset()
+    ask.QueryRetrieveLevel = "STUDY"
+    ask.StudyInstanceUID = ""
+    ask.ModalitiesInStudy = ""
+    ask.PatientName = ""
+    ask.NumberOfStudyRelatedInstances = None
+    ask.RetrieveAETitle = ""
+    ask.add_new(0x00280010, "US", None)  # Rows
+    ask.StationName = ""  # not indexed: returned empty
+    row = {
+        "StudyInstanceUID": "1.2.3",
+        "ModalitiesInStudy": "CT\\MR",
+        "PatientName": "Müller^Jörg",
+        "NumberOfStudyRelatedInstances": "3",
+        "Rows": "128",
+        "PatientID": "never asked",
+    }
+    rsp = find_response(ask, row, "HOSPITAL-A")
+    assert rsp.StudyInstanceUID == "1.2.3"
+    assert list(rsp.ModalitiesInStudy) == ["CT", "MR"]
+    assert str(rsp.PatientName) == "Müller^Jörg" and rsp.SpecificCharacterSet == "ISO_IR 192"
+    assert int(rsp.NumberOfStudyRelatedInstances) == 3 and rsp.Rows == 128
+    assert rsp.RetrieveAETitle == "HOSPITAL-A" and rsp.QueryRetrieveLevel == "STUDY"
+    assert rsp.StationName in (None, "") and "PatientID" not in rsp
+
+
+def test_move_contexts_keep_each_stored_transfer_syntax() -> None:
+    from medledger.dicom.index import IndexedInstance
+    from medledger.dicom.scp import MAX_MOVE_CONTEXTS, move_contexts
+
+    def inst(sop: str, cls: str, ts: str) -> IndexedInstance:
+        return IndexedInstance("r", "p", "1.2", "1.2.1", sop, cls, ts, f"{sop}.dcm", 1)
+
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    explicit, jpeg = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"
+    cxs = move_contexts(
+        [inst("1.1", ct, explicit), inst("1.2", ct, explicit), inst("1.3", ct, jpeg),
+         inst("1.4", mr, explicit)]
+    )  # fmt: skip
+    assert sorted((c.abstract_syntax, tuple(c.transfer_syntax)) for c in cxs) == [
+        (ct, (explicit,)),
+        (ct, (jpeg,)),
+        (mr, (explicit,)),
+    ]
+    many = [inst(f"1.{n}", f"1.2.840.10008.5.1.4.1.1.{n}", explicit) for n in range(200)]
+    assert len(move_contexts(many)) == MAX_MOVE_CONTEXTS
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "ok"),
+    [
+        ("127.0.0.1", 104, True),
+        ("::1", 11112, True),
+        ("pacs-1.hospital.example", 65535, True),
+        ("", 0, True),  # no address: a caller only
+        ("pacs", 0, False),
+        ("", 104, False),
+        ("pacs", 65536, False),
+        ("pacs_1", 104, False),
+        ("-pacs", 104, False),
+        ("a b", 104, False),
+        ("x" * 254, 104, False),
+        ("host/../etc", 104, False),
+    ],
+)
+def test_move_destination_addresses(host: str, port: int, ok: bool, tmp_path: Any) -> None:
+    from medledger.crypto.keys import PrivateKey
+    from medledger.dicom.allowlist import AllowList
+    from medledger.errors import InvalidInput
+
+    lst = AllowList(tmp_path / "allowed_aes.json")
+    ident, admin = PrivateKey.generate().id, PrivateKey.generate().id
+    if not ok:
+        with pytest.raises(InvalidInput) as exc:
+            lst.allow("VIEWER", ident, added_by=admin, now_ms=1, host=host, port=port)
+        assert exc.value.code == "BAD_ADDRESS"
+        assert lst.entries() == [] and not (tmp_path / "allowed_aes.json").exists()
+        return
+    entry, created = lst.allow("VIEWER", ident, added_by=admin, now_ms=1, host=host, port=port)
+    assert created and (entry.host, entry.port) == (host, port)
+    # the address survives a reload, and can be changed for the same identity
+    assert AllowList(tmp_path / "allowed_aes.json").entries() == [entry]
+    moved, created = lst.allow(
+        "VIEWER", ident, added_by=admin, now_ms=2, host="10.0.0.9", port=4242
+    )
+    assert not created and (moved.host, moved.port) == ("10.0.0.9", 4242)
+    assert AllowList(tmp_path / "allowed_aes.json").get("VIEWER") == moved

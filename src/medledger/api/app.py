@@ -26,6 +26,8 @@ from medledger.api.audit_routes import add_audit_routes, event_json
 from medledger.api.consent_routes import add_consent_routes
 from medledger.api.custody_routes import add_custody_routes
 from medledger.api.dicom_routes import add_dicom_routes
+from medledger.api.dicomweb_routes import add_dicomweb_routes
+from medledger.api.fhir_routes import add_fhir_routes
 from medledger.api.params import parse_hash
 from medledger.api.storage_routes import add_storage_routes, frame_items
 from medledger.app import access, consents
@@ -186,6 +188,8 @@ def create_app(node: Node) -> FastAPI:
     add_consent_routes(app, node, authenticate)
     add_audit_routes(app, node, authenticate, role_in)
     add_dicom_routes(app, node, authenticate)
+    add_dicomweb_routes(app, node, authenticate_any)
+    add_fhir_routes(app, node, authenticate_any)
 
     # ---- health, metrics, status ----------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """DICOM routes of the node API: the AE-title allow-list of this node's SCP.
 
 * ``GET /api/v1/dicom/allowed-aes``: the calling AE titles this node accepts;
-* ``POST /api/v1/dicom/allowed-aes`` ``{"ae_title", "identity"}``: map a calling AE
-  title to an active ``service`` identity of this node's institution;
+* ``POST /api/v1/dicom/allowed-aes`` ``{"ae_title", "identity"[, "host", "port"]}``:
+  map a calling AE title to an active ``service`` identity of this node's institution;
+  with ``host`` and ``port`` the title is also a C-MOVE destination at that address;
 * ``DELETE /api/v1/dicom/allowed-aes/{ae_title}``: remove it;
 * ``GET /api/v1/dicom/patients``: the hospital patient identifiers (DICOM PatientID,
   MRN) linked to ledger patients;
@@ -27,8 +28,9 @@ from medledger.app import access
 from medledger.app.model import ACTIVE, Role
 from medledger.crypto.keys import is_identity_id
 from medledger.dicom.aetitle import validate_ae_title
-from medledger.dicom.allowlist import allowed_json
+from medledger.dicom.allowlist import allowed_json, validate_address
 from medledger.dicom.patients import link_json, validate_mrn
+from medledger.dicom.visibility import visible_record_ids
 from medledger.errors import Forbidden, InvalidInput, NotFound
 from medledger.log import get_logger
 from medledger.node.node import Node, now_ms
@@ -42,6 +44,8 @@ PATIENTS = "/api/v1/dicom/patients"
 class AllowBody(msgspec.Struct, forbid_unknown_fields=True):
     ae_title: str
     identity: str
+    host: str = ""
+    port: int = 0
 
 
 class LinkBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,6 +55,8 @@ class LinkBody(msgspec.Struct, forbid_unknown_fields=True):
 
 def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Awaitable[Any]]) -> None:
     gateway = node.dicom
+    # C-FIND/C-MOVE/C-GET filter by the policy, which reads this node's committed state
+    gateway.visibility = lambda identity, ids: visible_record_ids(node, identity, ids)
 
     async def institution_admin(request: Request) -> Any:
         caller = await authenticate(request)
@@ -85,9 +91,12 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             body = msgspec.json.decode(await request.body(), type=AllowBody)
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise InvalidInput(
-                'the body must be {"ae_title": str, "identity": str}', code="BAD_REQUEST"
+                'the body must be {"ae_title": str, "identity": str, '
+                '"host": str (optional), "port": int (optional)}',
+                code="BAD_REQUEST",
             )
         ae_title = validate_ae_title(body.ae_title)
+        host, port = validate_address(body.host, body.port)
         if not is_identity_id(body.identity):
             raise InvalidInput("not a MedLedger identity ID", code="BAD_IDENTITY_ID")
         ident = node.app.query_identity(body.identity)
@@ -108,11 +117,17 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             ident.id,
             added_by=caller.identity.id,
             now_ms=now_ms(),
+            host=host,
+            port=port,
         )
-        if created:
-            log.info(
-                "dicom.ae_allowed", ae_title=ae_title, identity=ident.id, by=caller.identity.id
-            )
+        log.info(
+            "dicom.ae_allowed",
+            ae_title=ae_title,
+            identity=ident.id,
+            by=caller.identity.id,
+            created=created,
+            destination=f"{host}:{port}" if host else None,
+        )
         return {**allowed_json(entry), "created": created, **gateway_json()}
 
     @app.delete(ALLOWED_AES + "/{ae_title:path}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from medledger.cli import consortium
+from medledger.cli.demo_dicom import DEMO_AE, DEMO_MRN, run_dicom_demo
 from medledger.client import Client
 from medledger.crypto.keys import PrivateKey, load_key_file, save_key_file
 from medledger.errors import Forbidden, NotFound
@@ -100,6 +101,10 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
             rs.get_record(r2.record_id, samples / "denied.bin", purpose="research")
         except Forbidden as exc:
             out.print(f"researcher was denied, and the denial is on the ledger ({exc.code})")
+    with Client(api, admin) as c:  # the doctor treats the patient: their studies too
+        if not any(r["clinician"] == keys["doctor"].id for r in c.care(patient)):
+            c.start_care(patient, keys["doctor"].id)
+    study = run_dicom_demo(api, admin, keys["pacs"], patient, samples, out)
     d = str(root)
     out.print()
     out.print("[bold]The consortium is running.[/] Try (after: source .venv/bin/activate):")
@@ -121,6 +126,24 @@ def run_demo(root: Path, institutions: int, out: Console) -> None:
     admin_key = f"{d}/{first['name']}/admin.key"
     out.print(f"  medledger storage status --as {admin_key}")
     out.print(f"  medledger storage audit --all --as {admin_key}")
+    if study is not None:
+        dicom = study["dicom"]
+        out.print("  DICOM and DICOMweb, as the doctor (in the patient's care):")
+        out.print(f"    export TOKEN=$(medledger token issue --as {d}/people/doctor.key)")
+        out.print(f'    curl -H "Authorization: Bearer $TOKEN" {api}/dicom-web/studies')
+        out.print(
+            f'    curl -H "Authorization: Bearer $TOKEN" '
+            f"{api}/dicom-web/studies/{study['study_uid']}/metadata"
+        )
+        out.print(f"    curl {api}/fhir/metadata")
+        out.print(
+            f'    curl -H "Authorization: Bearer $TOKEN" "{api}/fhir/ImagingStudy?patient={patient}"'
+        )
+        out.print(
+            f"    findscu -S -aet {DEMO_AE} -aec {dicom['ae_title']} -k QueryRetrieveLevel=STUDY "
+            f"-k PatientID={DEMO_MRN} -k StudyInstanceUID -k ModalitiesInStudy "
+            f"{dicom['host']} {dicom['port']}"
+        )
     out.print(f"  API docs: {api}/api/v1/docs   metrics: {api}/metrics")
     out.print("  Stop it with: make down")
 

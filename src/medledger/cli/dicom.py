@@ -33,15 +33,24 @@ def allow(
     identity: Annotated[
         str, typer.Option("--identity", help="The service identity the AE title acts as.")
     ],
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="Where AE_TITLE listens (hostname or IP): a C-MOVE destination."
+        ),
+    ] = "",
+    port: Annotated[int, typer.Option("--port", help="Its DICOM port (1-65535), with --host.")] = 0,
     node: NodeOpt = "",
     as_key: AsOpt = Path("admin.key"),
     as_json: JsonOpt = False,
 ) -> None:
-    """Accept associations from AE_TITLE, acting as a service identity of the institution."""
+    """Accept associations from AE_TITLE, acting as a service identity of the institution.
+    With --host and --port, C-MOVE may also send studies to AE_TITLE at that address."""
     with client_for(node, as_key) as c:
-        doc = c.dicom_allow(ae_title, identity)
+        doc = c.dicom_allow(ae_title, identity, host=host, port=port)
     verb = "allowed" if doc["created"] else "already allowed:"
-    emit(doc, as_json, lambda: out.print(f"{verb} {ae_title} as {doc['identity']}"))
+    where = f" at {doc['host']}:{doc['port']}" if doc.get("host") else ""
+    emit(doc, as_json, lambda: out.print(f"{verb} {ae_title} as {doc['identity']}{where}"))
     if doc.get("gateway_enrolled") is False:
         err.print(gateway_hint(doc["gateway_id"], node, as_key))
 
@@ -88,10 +97,13 @@ def ls(
                 f"{listener['host']}:{listener['port']}, gateway {doc['gateway_id']}"
                 + ("" if doc["gateway_enrolled"] else " (not enrolled)")
             )
-        t = Table("calling AE title", "identity", "added by", "added (UTC)")
+        t = Table("calling AE title", "identity", "move destination", "added by", "added (UTC)")
         for e in doc["allowed"]:
             when = datetime.fromtimestamp(e["added_ms"] / 1000, UTC)
-            t.add_row(e["ae_title"], e["identity"], e["added_by"], f"{when:%Y-%m-%d %H:%M:%S}")
+            dest = f"{e['host']}:{e['port']}" if e.get("host") else "-"
+            t.add_row(
+                e["ae_title"], e["identity"], dest, e["added_by"], f"{when:%Y-%m-%d %H:%M:%S}"
+            )
         out.print(t)
 
     emit(doc, as_json, human)

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medledger.cli import consortium, dicom, regulator, rights, token
+from medledger.cli import consortium, dicom, regulator, research, rights, token
 from medledger.cli.common import (
     AsOpt,
     DirOpt,
@@ -69,6 +69,7 @@ app.add_typer(rights.erasure_app, name="erasure")
 app.add_typer(regulator.app, name="regulator")
 app.add_typer(dicom.app, name="dicom")
 app.add_typer(dicom.patient_app, name="patient")
+app.add_typer(research.app, name="research")
 app.add_typer(token.app, name="token")
 gov_app = typer.Typer(
     help="Admit and remove member institutions (voted by 2/3+ of voting power).",

@@ -25,6 +25,16 @@ service identity in ``on_behalf_of``. The record's patient is the ledger patient
 institution linked to the DICOM PatientID (:mod:`.patients`). A study that cannot be
 stored (PatientID not linked, gateway not enrolled, node unreachable) stays in the
 spool and is retried every ``retry_s`` and whenever a patient link is added.
+
+Query and retrieval (ADR 0008, "Query and retrieval (built)"): once a study's record
+is registered, its instances are entered in the node's study index (:mod:`.index`,
+read from the spooled files before they are deleted). The gateway is the SCP's
+:class:`~.scp.QueryService`: C-FIND answers from the index, restricted to the records
+the calling AE title's identity may see (:mod:`.visibility`, evaluated on the event
+loop); C-MOVE and C-GET read each matched record through the node's API with the
+gateway key on behalf of that identity (:mod:`.retrieve`: one committed, audited
+access event per record), and C-MOVE sends only to AE titles on the allow-list with
+an address.
 """
 
 from __future__ import annotations
@@ -32,16 +42,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medledger.app.model import ACTIVE, Identity, Role
 from medledger.dicom.allowlist import AllowedAE, AllowList
 from medledger.dicom.gatewaykey import ensure_gateway_key
+from medledger.dicom.index import INDEX_FILE, IndexedInstance, StudyIndex, read_instance
 from medledger.dicom.patients import PATIENTS_FILE, PatientLinks
 from medledger.dicom.scp import (
     DEFAULT_MAX_INSTANCE_BYTES,
+    MAX_FIND_MATCHES,
+    MAX_RETRIEVE_INSTANCES,
     STATUS_DATASET_MISMATCH,
     DicomSCP,
     ReceivedInstance,
@@ -49,7 +62,7 @@ from medledger.dicom.scp import (
     Verdict,
 )
 from medledger.dicom.spool import Batch, Spool, StudyMeta
-from medledger.errors import InvalidInput, MedLedgerError
+from medledger.errors import InvalidInput, MedLedgerError, Unavailable
 from medledger.log import get_logger
 
 log = get_logger("medledger.dicom")
@@ -58,6 +71,10 @@ LOOKUP_TIMEOUT_S = 5.0
 SEAL_POLL_S = 0.2
 SEAL_JOIN_TIMEOUT_S = 10.0
 ALLOWLIST_FILE = Path("dicom") / "allowed_aes.json"
+RETRIEVE_PURPOSE = "treatment"  # what a DICOM device's C-MOVE/C-GET read is for
+
+T = TypeVar("T")
+Visibility = Callable[[Identity, Iterable[str]], set[str]]
 
 
 def decide(entry: AllowedAE | None, identity: Identity | None, institution: str) -> Verdict:
@@ -104,6 +121,10 @@ class DicomGateway:
         self.patients = PatientLinks(home / PATIENTS_FILE)
         self.gateway_key = ensure_gateway_key(home)
         self.spool = Spool(home / "dicom")
+        self.index = StudyIndex(home / INDEX_FILE)
+        # set by the API (medledger.api.dicom_routes), which holds the node:
+        # medledger.dicom.visibility.visible_record_ids bound to it
+        self.visibility: Visibility | None = None
         self.api_url = api_url
         self.quiet_s = quiet_s
         self.retry_s = retry_s
@@ -149,6 +170,7 @@ class DicomGateway:
             self.ae_title,
             self.authorize,
             store=self.store,
+            query=self,
             on_closed=self.spool.association_closed,
             max_instance_bytes=self.max_instance_bytes,
         )
@@ -244,6 +266,7 @@ class DicomGateway:
                 spool=str(batch.path),
             )
             return None
+        self._index_batch(batch, archive.files, result.record_id, link.patient)
         log.info(
             "dicom.study_sealed",
             study_uid=batch.study_uid,
@@ -256,6 +279,108 @@ class DicomGateway:
         )
         self.spool.discard(batch)
         return result.record_id
+
+    def _index_batch(
+        self, batch: Batch, files: list[tuple[str, Path, int]], record_id: str, patient: str
+    ) -> None:
+        """Enter the sealed study's instances in the index (from the spooled files)."""
+        try:
+            entries: list[IndexedInstance] = []
+            for member, path, size in files:
+                with open(path, "rb") as fh:
+                    entry = read_instance(
+                        fh, record_id=record_id, patient=patient, member=member, size=size
+                    )
+                if entry is not None:
+                    entries.append(entry)
+            self.index.add(entries)
+        except Exception as exc:  # the record is stored; only queries miss it
+            log.error(
+                "dicom.index_failed",
+                study_uid=batch.study_uid,
+                record_id=record_id,
+                error=type(exc).__name__,
+            )
+
+    # ---- C-FIND, C-MOVE, C-GET (association threads): the SCP's QueryService ----------
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the node's event loop (committed state lives there), briefly."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise Unavailable("the node is stopping", code="NODE_STOPPING")
+
+        async def call() -> T:
+            return fn()
+
+        try:
+            future = asyncio.run_coroutine_threadsafe(call(), loop)
+        except RuntimeError:
+            raise Unavailable("the node is stopping", code="NODE_STOPPING")
+        try:
+            return future.result(LOOKUP_TIMEOUT_S)
+        except TimeoutError:
+            future.cancel()
+            raise Unavailable("the node is busy", code="NODE_BUSY")
+
+    def visible_records(self, identity_id: str) -> set[str]:
+        """The indexed records ``identity_id`` may see (none if it is unknown)."""
+        indexed = self.index.record_ids()
+        visibility = self.visibility
+        if visibility is None:
+            raise Unavailable("the node's API is not up yet", code="NODE_STARTING")
+
+        def decide_now() -> set[str]:
+            ident = self._lookup(identity_id)
+            return set() if ident is None else visibility(ident, indexed)
+
+        return self._on_loop(decide_now)
+
+    def find(self, verdict: Verdict, level: str, match: Mapping[str, str]) -> list[dict[str, str]]:
+        visible = self.visible_records(verdict.identity)
+        return self.index.search(level, match, record_ids=visible, limit=MAX_FIND_MATCHES + 1)
+
+    def plan(self, verdict: Verdict, level: str, match: Mapping[str, str]) -> list[IndexedInstance]:
+        """The visible instances matching the query, grouped by record (first seen)."""
+        visible = self.visible_records(verdict.identity)
+        rows = self.index.search(level, match, record_ids=visible, limit=MAX_RETRIEVE_INSTANCES + 1)
+        seen: set[str] = set()
+        planned: list[IndexedInstance] = []
+        for row in rows:
+            for inst in self.index.instances(
+                row["StudyInstanceUID"],
+                row.get("SeriesInstanceUID") if level in ("SERIES", "IMAGE") else None,
+                row.get("SOPInstanceUID") if level == "IMAGE" else None,
+            ):
+                if inst.record_id in visible and inst.sop_uid not in seen:
+                    seen.add(inst.sop_uid)
+                    planned.append(inst)
+            if len(planned) > MAX_RETRIEVE_INSTANCES:
+                break
+        order = {rid: n for n, rid in enumerate(dict.fromkeys(i.record_id for i in planned))}
+        return sorted(planned, key=lambda i: order[i.record_id])
+
+    def fetch(self, verdict: Verdict, record_id: str) -> dict[str, bytes]:
+        from medledger.dicom.retrieve import read_study
+
+        return read_study(
+            self.api_url,
+            self.gateway_key,
+            record_id,
+            purpose=RETRIEVE_PURPOSE,
+            on_behalf_of=verdict.identity,
+        )
+
+    def destination(self, ae_title: str) -> tuple[str, int] | None:
+        """A C-MOVE destination: an allowed AE title with an address whose identity is
+        an active service of this institution now."""
+        entry = self.allowlist.get(ae_title)
+        if entry is None or not entry.host:
+            return None
+        identity = self._on_loop(lambda: self._lookup(entry.identity))
+        if not decide(entry, identity, self.institution).accepted:
+            return None
+        return entry.host, entry.port
 
     def authorize(self, calling_ae: str) -> Verdict:
         """Decide one association request (called in an association thread)."""

@@ -6,7 +6,10 @@ Verification service (C-ECHO) and, given a ``store`` callable, the Storage servi
 received instance is checked here (size cap, StudyInstanceUID and SOPInstanceUID
 valid UIDs, a PatientID) and handed, encoded as a DICOM Part 10 file exactly as
 received, to ``store``; Success is answered only once ``store`` returned (the
-gateway's spool has fsynced it). It decides nothing about callers itself: every
+gateway's spool has fsynced it). Given a ``query`` service (:class:`QueryService`, the
+gateway), it also answers C-FIND and serves C-MOVE and C-GET (Patient Root and Study
+Root Query/Retrieve), sending each instance exactly as stored. It decides nothing
+about callers itself: every
 association request is put to an ``authorize`` callable before negotiation, and
 refused with A-ASSOCIATE-RJ unless it answers :class:`Verdict` ``accepted``.
 Refusals fail closed: an authorizer that raises refuses the association too.
@@ -21,15 +24,32 @@ import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from io import BytesIO
+from typing import Any, Protocol
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.presentation import StoragePresentationContexts, VerificationPresentationContexts
+from pynetdicom.presentation import (
+    PresentationContext,
+    StoragePresentationContexts,
+    VerificationPresentationContexts,
+)
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
+from medledger.dicom.index import IndexedInstance
 from medledger.dicom.uids import is_uid, patient_id_problem
 from medledger.errors import MedLedgerError, NodeError
 from medledger.log import get_logger
@@ -52,6 +72,17 @@ STATUS_REFUSED = 0x0122  # C-ECHO outside an association this node authorised (n
 STATUS_OUT_OF_RESOURCES = 0xA700  # over the size cap, or the spool cannot write
 STATUS_DATASET_MISMATCH = 0xA900  # no or invalid Study/SOP Instance UID, no PatientID, ...
 STATUS_CANNOT_UNDERSTAND = 0xC000  # the dataset does not decode
+
+# C-FIND, C-MOVE, C-GET (PS3.4 C.4): statuses this SCP answers itself
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+STATUS_QR_IDENTIFIER_MISMATCH = 0xA900  # no/unsupported QueryRetrieveLevel, bad key values
+STATUS_QR_UNABLE = 0xC000  # undecodable identifier, or the read was refused (see comment)
+STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
+
+MAX_FIND_MATCHES = 1000  # a C-FIND answers at most this many (then logs dicom.find_capped)
+MAX_RETRIEVE_INSTANCES = 65535  # a C-MOVE/C-GET moves at most this many (DIMSE counter)
+MAX_MOVE_CONTEXTS = 128  # presentation contexts proposed to a move destination
 
 DEFAULT_MAX_INSTANCE_BYTES = 512 * 1024 * 1024
 
@@ -102,6 +133,131 @@ StoreHandler = Callable[[Verdict, str, ReceivedInstance], None]
 ClosedHandler = Callable[[int], None]
 
 
+class QueryService(Protocol):
+    """What the SCP needs for C-FIND, C-MOVE and C-GET (the gateway provides it).
+
+    Each method runs in an association thread and raises
+    :class:`~medledger.errors.MedLedgerError` on failure.
+    """
+
+    def find(self, verdict: Verdict, level: str, match: Mapping[str, str]) -> list[dict[str, str]]:
+        """Entities at ``level`` matching ``match`` that ``verdict.identity`` may see."""
+        ...
+
+    def plan(self, verdict: Verdict, level: str, match: Mapping[str, str]) -> list[IndexedInstance]:
+        """The instances a C-MOVE/C-GET of ``match`` at ``level`` would send."""
+        ...
+
+    def fetch(self, verdict: Verdict, record_id: str) -> dict[str, bytes]:
+        """Read one record (a committed access event): SOP Instance UID -> Part 10 bytes."""
+        ...
+
+    def destination(self, ae_title: str) -> tuple[str, int] | None:
+        """The address of a C-MOVE destination this node may send to, or None."""
+        ...
+
+
+_FIND_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelFind): "PATIENT_ROOT",
+    str(StudyRootQueryRetrieveInformationModelFind): "STUDY_ROOT",
+}
+_RETRIEVE_MODELS = (
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+_PATIENT_ROOT = frozenset(
+    {
+        str(PatientRootQueryRetrieveInformationModelFind),
+        str(PatientRootQueryRetrieveInformationModelMove),
+        str(PatientRootQueryRetrieveInformationModelGet),
+    }
+)
+
+
+class BadIdentifier(Exception):
+    """A query's identifier this SCP refuses (answered with ``status``)."""
+
+    def __init__(self, reason: str, status: int = STATUS_QR_IDENTIFIER_MISMATCH) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def parse_identifier(identifier: Dataset, sop_class: str) -> tuple[str, dict[str, str]]:
+    """``(level, {keyword: value})`` of a C-FIND/C-MOVE/C-GET identifier.
+
+    Values are text: multiple values joined by ``\\``, names as written. Sequences and
+    private or unknown elements are not matched (a C-FIND returns them empty).
+    """
+    try:
+        level = _text(identifier.get("QueryRetrieveLevel")).upper()
+        match: dict[str, str] = {}
+        for elem in identifier:
+            keyword = elem.keyword
+            if not keyword or elem.VR == "SQ" or keyword == "QueryRetrieveLevel":
+                continue
+            if keyword == "SpecificCharacterSet":
+                continue
+            match[keyword] = _query_text(elem.value)
+    except BadIdentifier:
+        raise
+    except Exception:
+        raise BadIdentifier("undecodable", STATUS_QR_UNABLE)
+    allowed: tuple[str, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+    if sop_class not in _PATIENT_ROOT:
+        allowed = allowed[1:]
+    if level not in allowed:
+        raise BadIdentifier("unsupported_level")
+    return level, match
+
+
+def _query_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(_query_text(v) for v in value)
+    if isinstance(value, bytes):
+        raise BadIdentifier("binary_value")
+    return str(value).strip("\x00 ")
+
+
+def find_response(identifier: Dataset, row: Mapping[str, str], ae_title: str) -> Dataset:
+    """The C-FIND pending identifier for one match: the requested keys, filled in."""
+    rsp = Dataset()
+    non_ascii = False
+    for elem in identifier:
+        keyword = elem.keyword
+        if not keyword or keyword == "SpecificCharacterSet":
+            continue
+        if elem.VR == "SQ":
+            rsp.add_new(elem.tag, "SQ", [])
+            continue
+        if keyword == "QueryRetrieveLevel":
+            rsp.QueryRetrieveLevel = elem.value
+            continue
+        text = ae_title if keyword == "RetrieveAETitle" else row.get(keyword, "")
+        non_ascii = non_ascii or not text.isascii()
+        rsp.add_new(elem.tag, elem.VR, _element_value(keyword, elem.VR, text))
+    if non_ascii:
+        rsp.SpecificCharacterSet = "ISO_IR 192"
+    return rsp
+
+
+def _element_value(keyword: str, vr: str, text: str) -> Any:
+    if not text:
+        return None
+    if vr in ("US", "UL", "SS", "SL"):
+        try:
+            return int(text)
+        except ValueError:
+            return None
+    if "\\" in text:
+        return text.split("\\")
+    return text
+
+
 def _reject_params(verdict: Verdict) -> tuple[int, int, int]:
     if verdict.transient:
         return REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, DIAG_TEMPORARY_CONGESTION
@@ -142,6 +298,7 @@ class DicomSCP:
         authorize: Authorizer,
         *,
         store: StoreHandler | None = None,
+        query: QueryService | None = None,
         on_closed: ClosedHandler | None = None,
         max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
     ) -> None:
@@ -150,6 +307,7 @@ class DicomSCP:
         self.ae_title = ae_title
         self._authorize = authorize
         self._store = store
+        self._query = query
         self._on_closed_cb = on_closed
         self.max_instance_bytes = max_instance_bytes
         self._server: ThreadedAssociationServer | None = None
@@ -160,10 +318,20 @@ class DicomSCP:
         )
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = VerificationPresentationContexts
-        if store is not None:
+        if store is not None or query is not None:
             for cx in StoragePresentationContexts:
                 assert cx.abstract_syntax is not None
-                ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+                # roles: a C-GET requestor proposes to be the storage SCP, and this
+                # node then sends the instances on the same association
+                ae.add_supported_context(
+                    cx.abstract_syntax,
+                    ALL_TRANSFER_SYNTAXES,
+                    scu_role=store is not None,
+                    scp_role=query is not None,
+                )
+        if query is not None:
+            for model in list(_FIND_MODELS) + [str(m) for m in _RETRIEVE_MODELS]:
+                ae.add_supported_context(model)
         ae.require_called_aet = True  # checked below too; this is pynetdicom's own guard
         ae.maximum_associations = MAX_ASSOCIATIONS
         ae.acse_timeout = ACSE_TIMEOUT_S
@@ -187,6 +355,9 @@ class DicomSCP:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         try:
@@ -357,6 +528,162 @@ class DicomSCP:
         )
         return STATUS_SUCCESS
 
+    # ---- C-FIND, C-MOVE, C-GET (association threads) ---------------------------------------
+
+    def _qr_request(
+        self, event: evt.Event, service: str
+    ) -> tuple[Verdict, str, QueryService, str, dict[str, str]]:
+        """The caller's verdict, calling AE, the query service, level and match keys
+        (:class:`BadIdentifier` for an identifier this SCP refuses)."""
+        assoc = event.assoc
+        verdict = self._verdict(assoc)
+        calling = assoc.requestor.ae_title.strip(" ")
+        if verdict is None or self._query is None:  # cannot happen (see _on_echo)
+            log.error("dicom.unauthorised_request", calling_ae=calling, service=service)
+            raise BadIdentifier("unauthorised", STATUS_REFUSED)
+        sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+        try:
+            identifier = event.identifier
+        except Exception:
+            raise BadIdentifier("undecodable", STATUS_QR_UNABLE)
+        level, match = parse_identifier(identifier, sop_class)
+        return verdict, calling, self._query, level, match
+
+    def _refuse_query(self, event: evt.Event, service: str, exc: Exception, status: int) -> None:
+        code = exc.reason if isinstance(exc, BadIdentifier) else getattr(exc, "code", "")
+        log.warning(
+            "dicom.query_refused",
+            service=service,
+            calling_ae=event.assoc.requestor.ae_title.strip(" "),
+            reason=str(code).lower() or type(exc).__name__,
+            status=f"0x{status:04X}",
+        )
+
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[Any, Dataset | None]]:
+        try:
+            verdict, calling, query, level, match = self._qr_request(event, "C-FIND")
+            rows = query.find(verdict, level, match)
+        except BadIdentifier as exc:
+            self._refuse_query(event, "C-FIND", exc, exc.status)
+            yield _status(exc.status, exc.reason), None
+            return
+        except MedLedgerError as exc:
+            status = STATUS_QR_IDENTIFIER_MISMATCH if exc.code == "BAD_QUERY" else STATUS_QR_UNABLE
+            self._refuse_query(event, "C-FIND", exc, status)
+            yield _status(status, exc.code), None
+            return
+        if len(rows) > MAX_FIND_MATCHES:
+            log.warning(
+                "dicom.find_capped", calling_ae=calling, query_level=level, cap=MAX_FIND_MATCHES
+            )
+            rows = rows[:MAX_FIND_MATCHES]
+        log.info(
+            "dicom.find",
+            calling_ae=calling,
+            identity=verdict.identity,
+            query_level=level,
+            keys=sorted(k for k, v in match.items() if v),  # which keys, never their values
+            matches=len(rows),
+        )
+        identifier = event.identifier
+        for row in rows:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, find_response(identifier, row, self.ae_title)
+
+    def _retrieval(
+        self, event: evt.Event, service: str
+    ) -> tuple[Verdict, str, QueryService, list[IndexedInstance]]:
+        verdict, calling, query, level, match = self._qr_request(event, service)
+        planned = query.plan(verdict, level, match)
+        if len(planned) > MAX_RETRIEVE_INSTANCES:
+            raise BadIdentifier("too_many_instances", STATUS_QR_UNABLE)
+        return verdict, calling, query, planned
+
+    def _sub_operations(
+        self,
+        event: evt.Event,
+        service: str,
+        verdict: Verdict,
+        calling: str,
+        query: QueryService,
+        planned: list[IndexedInstance],
+        destination: str = "",
+    ) -> Iterator[tuple[Any, Dataset | None]]:
+        """Read each matched record once (an access event each) and yield its planned
+        instances as datasets that encode back to the stored bytes."""
+        by_record: dict[str, list[IndexedInstance]] = {}
+        for inst in planned:
+            by_record.setdefault(inst.record_id, []).append(inst)
+        sent = 0
+        for record_id, wanted in by_record.items():
+            try:
+                files = query.fetch(verdict, record_id)
+            except MedLedgerError as exc:
+                self._refuse_query(event, service, exc, STATUS_QR_UNABLE)
+                yield _status(STATUS_QR_UNABLE, f"{exc.code}: record {record_id}"), None
+                return
+            for inst in wanted:
+                if event.is_cancelled:
+                    yield STATUS_CANCEL, None
+                    return
+                data = files.get(inst.sop_uid)
+                if data is None:  # indexed but not in the record: a failed sub-operation
+                    log.error("dicom.instance_missing", record_id=record_id, sop_uid=inst.sop_uid)
+                    yield STATUS_PENDING, "missing"  # type: ignore[misc]
+                    continue
+                sent += 1
+                yield STATUS_PENDING, _stored_dataset(data)
+        log.info(
+            "dicom.retrieved",
+            service=service,
+            calling_ae=calling,
+            identity=verdict.identity,
+            destination=destination or None,
+            records=len(by_record),
+            instances=sent,
+        )
+
+    def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        dest_ae = str(getattr(event, "move_destination", "") or "").strip(" ")
+        try:
+            verdict, calling, query, planned = self._retrieval(event, "C-MOVE")
+            address = query.destination(dest_ae)
+        except (BadIdentifier, MedLedgerError) as exc:
+            # pynetdicom answers a handler that fails before the destination with a
+            # failure status of its own (0xC514); our reason is in the log
+            status = exc.status if isinstance(exc, BadIdentifier) else STATUS_QR_UNABLE
+            self._refuse_query(event, "C-MOVE", exc, status)
+            raise
+        if address is None:
+            log.warning(
+                "dicom.move_refused",
+                calling_ae=calling,
+                identity=verdict.identity,
+                destination=dest_ae,
+                reason="unknown_destination",
+                status=f"0x{STATUS_MOVE_DESTINATION_UNKNOWN:04X}",
+            )
+            yield None, None
+            return
+        contexts = move_contexts(planned)
+        yield address[0], address[1], {"contexts": contexts}
+        yield len(planned)
+        yield from self._sub_operations(
+            event, "C-MOVE", verdict, calling, query, planned, destination=dest_ae
+        )
+
+    def _on_get(self, event: evt.Event) -> Iterator[Any]:
+        try:
+            verdict, calling, query, planned = self._retrieval(event, "C-GET")
+        except (BadIdentifier, MedLedgerError) as exc:
+            status = exc.status if isinstance(exc, BadIdentifier) else STATUS_QR_UNABLE
+            self._refuse_query(event, "C-GET", exc, status)
+            raise
+        yield len(planned)
+        yield from self._sub_operations(event, "C-GET", verdict, calling, query, planned)
+
     def _on_conn_close(self, event: evt.Event) -> None:
         if self._on_closed_cb is not None:
             try:
@@ -366,6 +693,39 @@ class DicomSCP:
 
     def _on_connection_error(self, request: Any, client_address: Any) -> None:
         log.exception("dicom.connection_error", peer=str(client_address))
+
+
+def _status(status: int, comment: str) -> Dataset:
+    """A status with an Error Comment (no patient data: codes and record IDs only)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def _stored_dataset(part10: bytes) -> Dataset:
+    """A Part 10 file as a dataset pynetdicom sends in the file's own transfer syntax.
+
+    pydicom keeps the elements it did not need to decode as raw bytes and writes them
+    back unchanged, so the encoded dataset equals the stored one byte for byte (a
+    deflated transfer syntax is re-compressed, and may differ in its compressed bytes).
+    """
+    return pydicom.dcmread(BytesIO(part10))
+
+
+def move_contexts(planned: list[IndexedInstance]) -> list[PresentationContext]:
+    """The presentation contexts proposed to a move destination: each SOP class in the
+    transfer syntax its instances were stored in (nothing is converted)."""
+    pairs = sorted({(i.sop_class_uid, i.transfer_syntax) for i in planned})
+    by_class: dict[str, list[str]] = {}
+    for sop_class, ts in pairs:
+        by_class.setdefault(sop_class, []).append(ts)
+    contexts: list[PresentationContext] = []
+    for sop_class, syntaxes in by_class.items():
+        for ts in syntaxes:
+            if len(contexts) < MAX_MOVE_CONTEXTS:
+                contexts.append(build_context(sop_class, [ts]))
+    return contexts
 
 
 def _text(value: object) -> str:
