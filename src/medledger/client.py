@@ -33,6 +33,7 @@ from medledger.app.model import (
     ERASE_APPROVE,
     ERASE_REQUEST,
     GRANT_CONSENT,
+    PATIENT_MERGE,
     PROPOSE_MEMBER,
     READ_RECORD,
     REGISTER_RECORD,
@@ -46,6 +47,7 @@ from medledger.app.model import (
     EraseApproveBody,
     EraseRequestBody,
     GrantConsentBody,
+    MergeBody,
     ProposeMemberBody,
     ReadRecordBody,
     RegisterRecordBody,
@@ -387,12 +389,14 @@ class Client:
         m: int | None = None,
         deidentified: bool = False,
         on_behalf_of: str = "",
+        part_of: str = "",
     ) -> PutResult:
         """Encrypt ``size`` bytes of ``src`` (streamed, constant memory), have the node
         spread them over k+m institutions (defaults: the node's choice), check the
         manifest it built lists exactly these chunks, deposit the key's shares (one
         sealed to each reachable custodian), register. A gateway (a ``service``) names
-        the service of its institution it stores for in ``on_behalf_of``."""
+        the service of its institution it stores for in ``on_behalf_of``; a later part
+        of a study names the record it continues in ``part_of``."""
         custodians, custodian_keys, threshold = self.custody_plan()  # before any upload
         key = new_data_key()
         refs: list[ChunkRef] = []
@@ -447,6 +451,7 @@ class Client:
                 threshold=threshold,
                 deidentified=deidentified,
                 on_behalf_of=on_behalf_of,
+                part_of=part_of,
             ),
         )
         return PutResult(
@@ -661,6 +666,12 @@ class Client:
         )
         doc: dict[str, Any] = resp.json()
         return doc
+
+    def merge_patient(self, pseudonym: str, patient: str, record_ids: list[str]) -> dict[str, Any]:
+        """Move records of a pseudonymous patient of this admin's institution to
+        ``patient`` (at most 256 per transaction)."""
+        body = MergeBody(pseudonym=pseudonym, patient=patient, record_ids=sorted(record_ids))
+        return self.submit(PATIENT_MERGE, body)
 
     def dicom_patient_links(self) -> dict[str, Any]:
         """The hospital patient identifiers linked at this node's institution (admins)."""

@@ -226,26 +226,46 @@ def test_pynetdicom_study_exact_bytes_and_late_instance(store: Setup, tmp_path: 
         _, want = dataset_bytes(path.read_bytes())
         assert dataset_bytes(got[path.name])[1] == want
 
-    # an instance of the same study after it was sealed: a second record
+    # an instance of the same study after it was sealed: a part of the first record
     assert scu_store(s, datasets[2:]) == [0]
     second = wait_new_record(s, known | {first["record_id"]})
+    assert second["part_of"] == first["record_id"] and first["part_of"] == ""
     assert_same_instances(sent[2:], read_back(s, second["record_id"], tmp_path / "out2"))
+    assert f"part_of={first['record_id']}" in own_record_write(s, second["record_id"])["detail"]
 
 
-def test_unlinked_patient_waits_in_the_spool(store: Setup, tmp_path: Path) -> None:
+def test_unlinked_patient_is_filed_under_a_pseudonym_then_merged(
+    store: Setup, tmp_path: Path
+) -> None:
     s = store
     sent = make_study(tmp_path / "study", "MRN-LATER", TEST_FILES[:1])
     known = {r["record_id"] for r in study_records(s)}
     assert scu_store(s, [pydicom.dcmread(sent[0])]) == [0]
     study_uid = str(pydicom.dcmread(sent[0]).StudyInstanceUID)
-    failed = wait_event(s.c, "dicom.seal_failed", study_uid=study_uid)
-    assert failed["code"] == "PATIENT_NOT_LINKED"
-    assert [p.name for p in spool_files(s)] == [sent[0].name]
-    assert "MRN-LATER" not in (s.c.home / "node.log").read_text()  # no PatientID in logs
-    link(s, "MRN-LATER")
-    rec = wait_new_record(s, known)
-    assert_same_instances(sent, read_back(s, rec["record_id"], tmp_path / "out"))
+    sealed = wait_event(s.c, "dicom.study_sealed", study_uid=study_uid)
+    assert sealed["pseudonymous"] is True
     assert spool_files(s) == []
+    assert "MRN-LATER" not in (s.c.home / "node.log").read_text()  # no PatientID in logs
+    links = cli_json("patient", "ls", "--node", s.c.api, "--as", s.c.admin_key_file, "--json")
+    (entry,) = [x for x in links["links"] if x["mrn"] == "MRN-LATER"]
+    pseudonym = entry["patient"]
+    assert entry["pseudonymous"] is True and pseudonym != s.patient.id
+    with s.c.admin() as admin:
+        assert [r["record_id"] for r in admin.list_records(pseudonym)] == [sealed["record_id"]]
+
+    doc = link(s, "MRN-LATER")  # links the MRN and merges the pseudonym's records
+    assert doc["merged_records"] == 1 and doc["replaced_pseudonym"] == pseudonym
+    rec = wait_new_record(s, known)
+    assert rec["record_id"] == sealed["record_id"] and rec["patient"] == s.patient.id
+    assert_same_instances(sent, read_back(s, rec["record_id"], tmp_path / "out"))
+    with s.c.admin() as admin:
+        assert admin.list_records(pseudonym) == []
+        assert admin.identity(pseudonym)["status"] == "suspended"
+    with s.c.client(s.patient) as patient:
+        merges = [e for e in patient.audit(s.patient.id) if e["action"] == "merge"]
+    assert [e["record_id"] for e in merges] == [rec["record_id"]]
+    # linking again is idempotent and merges nothing more
+    assert link(s, "MRN-LATER")["merged_records"] == 0
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom, on building the bad datasets

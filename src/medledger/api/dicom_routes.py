@@ -25,11 +25,18 @@ import msgspec
 from fastapi import FastAPI, Request
 
 from medledger.app import access
-from medledger.app.model import ACTIVE, Role
+from medledger.app.model import (
+    ACTIVE,
+    MAX_MERGE_RECORDS,
+    Pseudonym,
+    Role,
+    k_pseudonym,
+    p_patient_records,
+)
 from medledger.crypto.keys import is_identity_id
 from medledger.dicom.aetitle import validate_ae_title
 from medledger.dicom.allowlist import allowed_json, validate_address
-from medledger.dicom.patients import link_json, validate_mrn
+from medledger.dicom.patients import PatientLink, link_json, validate_mrn
 from medledger.dicom.visibility import visible_record_ids
 from medledger.errors import Forbidden, InvalidInput, NotFound
 from medledger.log import get_logger
@@ -169,6 +176,10 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             )
         if ident.status != ACTIVE:
             raise InvalidInput(f"{body.patient} is suspended", code="IDENTITY_SUSPENDED")
+        if pseudonym_of(ident.id) is not None:
+            raise InvalidInput(
+                f"{body.patient} is a pseudonymous patient: link the real one", code="NOT_A_PATIENT"
+            )
         entry, created = await asyncio.to_thread(
             gateway.patients.link, mrn, ident.id, added_by=caller.identity.id, now_ms=now_ms()
         )
@@ -176,4 +187,20 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             # the MRN itself is patient data: not in the log
             log.info("dicom.patient_linked", patient=ident.id, by=caller.identity.id)
             gateway.wake()  # studies waiting for this link are stored now
-        return {**link_json(entry), "created": created}
+        return {**link_json(entry), "created": created, "merge": pending_merge(entry)}
+
+    def pseudonym_of(identity_id: str) -> Pseudonym | None:
+        return node.app.committed_view().get(k_pseudonym(identity_id), Pseudonym)
+
+    def pending_merge(entry: PatientLink) -> dict[str, Any] | None:
+        """The records still filed under the pseudonym this link replaced: the admin
+        merges them into the patient with ``patient.merge`` (``medledger patient link``
+        does it)."""
+        p = pseudonym_of(entry.replaced_pseudonym) if entry.replaced_pseudonym else None
+        if p is None or p.merged_into:
+            return None
+        rows = node.reader.scan_prefix(p_patient_records(p.id), MAX_MERGE_RECORDS)
+        return {
+            "pseudonym": p.id,
+            "record_ids": sorted(key.rsplit(b"/", 1)[1].decode() for key, _ in rows),
+        }

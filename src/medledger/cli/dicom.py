@@ -17,6 +17,8 @@ from rich.table import Table
 
 from medledger.cli.common import AsOpt, JsonOpt, NodeOpt, client_for, emit, err, out
 
+MAX_MERGE_ROUNDS = 1000  # 256 records a round
+
 app = typer.Typer(
     help="DICOM: the calling AE titles the node's DICOM listener accepts (institution admins).",
     no_args_is_help=True,
@@ -126,11 +128,25 @@ def link(
     as_key: AsOpt = Path("admin.key"),
     as_json: JsonOpt = False,
 ) -> None:
-    """File studies with PatientID MRN, received by the node's DICOM gateway, under PATIENT."""
+    """File studies with PatientID MRN, received by the node's DICOM gateway, under PATIENT.
+
+    Studies the gateway already filed under a pseudonymous patient for MRN (it was not
+    linked when they arrived) are merged into PATIENT on the ledger (patient.merge,
+    signed with this admin key)."""
+    moved = 0
     with client_for(node, as_key) as c:
         doc = c.dicom_link_patient(mrn, patient)
-    verb = "linked" if doc["created"] else "already linked:"
-    emit(doc, as_json, lambda: out.print(f"{verb} {mrn} to {doc['patient']}"))
+        for _ in range(MAX_MERGE_ROUNDS):
+            merge = doc.get("merge")
+            if not merge or not merge["record_ids"]:
+                break
+            receipt = c.merge_patient(merge["pseudonym"], doc["patient"], merge["record_ids"])
+            moved += int(receipt["data"]["moved"])
+            doc = c.dicom_link_patient(mrn, patient)
+    doc["merged_records"] = moved
+    verb = "linked" if doc["created"] or moved else "already linked:"
+    merged = f"; merged {moved} record(s) filed under a pseudonym" if moved else ""
+    emit(doc, as_json, lambda: out.print(f"{verb} {mrn} to {doc['patient']}{merged}"))
 
 
 @patient_app.command("ls")

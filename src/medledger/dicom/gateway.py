@@ -22,9 +22,13 @@ StudyInstanceUID. A sealer thread closes a study once no instance arrived for
 (:mod:`.gatewaykey`), exactly as ``medledger record put DIR`` would (encrypted here,
 key split among the custodians, erasure-coded), naming the calling AE title's
 service identity in ``on_behalf_of``. The record's patient is the ledger patient the
-institution linked to the DICOM PatientID (:mod:`.patients`). A study that cannot be
-stored (PatientID not linked, gateway not enrolled, node unreachable) stays in the
-spool and is retried every ``retry_s`` and whenever a patient link is added.
+institution linked to the DICOM PatientID (:mod:`.patients`); a PatientID no one linked
+yet is filed under a pseudonymous patient the gateway enrolls for it
+(``patient.pseudonym``), merged into the real one when the admin links it. Instances of
+a study that arrive after it was stored become a part of its first record
+(``part_of``): one transaction per quiet period, not per instance. A study that cannot
+be stored (gateway not enrolled, node unreachable) stays in the spool and is retried
+every ``retry_s`` and whenever a patient link is added.
 
 Query and retrieval (ADR 0008, "Query and retrieval (built)"): once a study's record
 is registered, its instances are entered in the node's study index (:mod:`.index`,
@@ -44,13 +48,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from medledger.app.model import ACTIVE, Identity, Role
+from medledger.app.model import ACTIVE, PSEUDONYM_ENROLL, Identity, PseudonymBody, Role
+from medledger.crypto.keys import PrivateKey
 from medledger.dicom.allowlist import AllowedAE, AllowList
 from medledger.dicom.gatewaykey import ensure_gateway_key
 from medledger.dicom.index import INDEX_FILE, IndexedInstance, StudyIndex, read_instance
-from medledger.dicom.patients import PATIENTS_FILE, PatientLinks
+from medledger.dicom.patients import PATIENTS_FILE, PatientLink, PatientLinks
 from medledger.dicom.scp import (
     DEFAULT_MAX_INSTANCE_BYTES,
     MAX_FIND_MATCHES,
@@ -62,8 +67,11 @@ from medledger.dicom.scp import (
     Verdict,
 )
 from medledger.dicom.spool import Batch, Spool, StudyMeta
-from medledger.errors import InvalidInput, MedLedgerError, Unavailable
+from medledger.errors import MedLedgerError, Unavailable
 from medledger.log import get_logger
+
+if TYPE_CHECKING:
+    from medledger.client import Client
 
 log = get_logger("medledger.dicom")
 
@@ -240,21 +248,20 @@ class DicomGateway:
         started = time.monotonic()
         try:
             archive = scan_study(batch.path)
-            link = self.patients.get(batch.meta.patient_id)
-            if link is None:
-                raise InvalidInput(
-                    "the study's PatientID is not linked to a ledger patient "
-                    "(medledger patient link)",
-                    code="PATIENT_NOT_LINKED",
+            with Client(self.api_url, self.gateway_key) as client:
+                link = self.patients.get(batch.meta.patient_id) or self._pseudonym(
+                    client, batch.meta.patient_id
                 )
-            with Client(self.api_url, self.gateway_key) as client, archive.open() as src:
-                result = client.put_stream(
-                    src,
-                    archive.size,
-                    patient=link.patient,
-                    record_type=STUDY_RECORD_TYPE,
-                    on_behalf_of=batch.meta.identity,
-                )
+                part_of = self._first_record(client, batch.study_uid, link.patient)
+                with archive.open() as src:
+                    result = client.put_stream(
+                        src,
+                        archive.size,
+                        patient=link.patient,
+                        record_type=STUDY_RECORD_TYPE,
+                        on_behalf_of=batch.meta.identity,
+                        part_of=part_of,
+                    )
         except Exception as exc:
             code = exc.code if isinstance(exc, MedLedgerError) else type(exc).__name__
             log.error(
@@ -271,6 +278,8 @@ class DicomGateway:
             "dicom.study_sealed",
             study_uid=batch.study_uid,
             record_id=result.record_id,
+            part_of=part_of or None,
+            pseudonymous=link.pseudonymous,
             instances=archive.instances,
             size=archive.size,
             identity=batch.meta.identity,
@@ -279,6 +288,34 @@ class DicomGateway:
         )
         self.spool.discard(batch)
         return result.record_id
+
+    def _pseudonym(self, client: Client, patient_id: str) -> PatientLink:
+        """File an unlinked PatientID under a new pseudonymous patient of the institution
+        (enrolled on chain by the gateway; no one keeps its key). Linking the MRN later
+        merges its records into the real patient (``medledger patient link``)."""
+        pseudonym = PrivateKey.generate().id
+        client.submit(PSEUDONYM_ENROLL, PseudonymBody(id=pseudonym))
+        link = self.patients.add_pseudonym(
+            patient_id, pseudonym, added_by=self.gateway_id, now_ms=int(time.time() * 1000)
+        )
+        log.info("dicom.pseudonym_enrolled", pseudonym=link.patient, gateway=self.gateway_id)
+        return link
+
+    def _first_record(self, client: Client, study_uid: str, patient: str) -> str:
+        """The live record this study was first stored as, for the same patient, if any:
+        instances that come after a seal are stored as a part of it (``part_of``)."""
+        seen: set[str] = set()
+        for entry in self.index.instances(study_uid):
+            if entry.record_id in seen:
+                continue
+            seen.add(entry.record_id)
+            try:
+                meta = client.record(entry.record_id)
+            except MedLedgerError:
+                continue
+            if meta["patient"] == patient and not meta["part_of"] and not meta["erased_height"]:
+                return entry.record_id
+        return ""
 
     def _index_batch(
         self, batch: Batch, files: list[tuple[str, Path, int]], record_id: str, patient: str
