@@ -63,6 +63,7 @@ from medledger.app.model import (
     SuspendBody,
     VoteMemberBody,
     consent_id_for,
+    enrollment_event,
     k_identity,
     k_institution,
     k_nonce,
@@ -440,14 +441,7 @@ class Application:
             k_identity(body.id),
             new_identity(body.id, body.role, sender.institution, ctx.height, sender.id),
         )
-        ev = Event(
-            action="enroll",
-            actor=sender.id,
-            subject=body.id,
-            record_id="",
-            outcome="ok",
-            detail=f"role={body.role} institution={sender.institution}",
-        )
+        ev = enrollment_event(sender, body.id, body.role)
         return _ok([ev], {"id": body.id, "role": body.role, "institution": sender.institution})
 
     # identity.suspend

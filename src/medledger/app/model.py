@@ -52,6 +52,18 @@ def new_identity(id_: str, role: str, institution: str, height: int, enrolled_by
     )
 
 
+def enrollment_event(enrolled_by: Identity, id_: str, role: str, note: str = "") -> Event:
+    """The audit event of an enrolment into ``enrolled_by``'s institution."""
+    return Event(
+        action="enroll",
+        actor=enrolled_by.id,
+        subject=id_,
+        record_id="",
+        outcome="ok",
+        detail=f"role={role} institution={enrolled_by.institution}" + (f" {note}" if note else ""),
+    )
+
+
 class Institution(Record, frozen=True):
     name: str
     admin_id: str

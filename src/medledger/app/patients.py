@@ -30,6 +30,7 @@ from medledger.app.model import (
     PseudonymBody,
     RecordMeta,
     Role,
+    enrollment_event,
     k_identity,
     k_patient_record,
     k_pseudonym,
@@ -74,14 +75,7 @@ def enroll_pseudonym(
             merged_into="",
         ),
     )
-    ev = Event(
-        action="enroll",
-        actor=sender.id,
-        subject=body.id,
-        record_id="",
-        outcome="ok",
-        detail=f"role=patient institution={sender.institution} pseudonymous",
-    )
+    ev = enrollment_event(sender, body.id, Role.PATIENT.value, "pseudonymous")
     return [ev], {"id": body.id, "institution": sender.institution}
 
 
