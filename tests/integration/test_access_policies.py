@@ -22,17 +22,13 @@ from medledger.client import Client
 
 from .harness import Consortium, Identity, assert_cli_error, cli_json, run_cli
 from .test_consortium import api, enroll_as, home
-from .test_erasure_storage import start_quad
+from .test_erasure_storage import running_quad
 
 
 @pytest.fixture(scope="module")
 def quad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    c = Consortium(tmp_path_factory.mktemp("policies"))
-    try:
-        start_quad(c)
+    with running_quad(tmp_path_factory.mktemp("policies")) as c:
         yield c
-    finally:
-        c.stop()
 
 
 class Cast:

@@ -29,19 +29,15 @@ from medledger.dicom.deidentify import Project, deidentify
 
 from .harness import Consortium, Identity, assert_cli_error, cli_json, run_cli
 from .test_consortium import api, enroll_as
-from .test_erasure_storage import start_quad
+from .test_erasure_storage import running_quad
 
 PROJECT = "lung-cohort"
 
 
 @pytest.fixture(scope="module")
 def quad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    c = Consortium(tmp_path_factory.mktemp("deid"))
-    try:
-        start_quad(c)
+    with running_quad(tmp_path_factory.mktemp("deid")) as c:
         yield c
-    finally:
-        c.stop()
 
 
 class Cast:

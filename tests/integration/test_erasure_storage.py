@@ -10,6 +10,7 @@ institution and nothing registrable; a DICOM folder is one record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -67,15 +68,28 @@ def start_quad(c: Consortium, powers: dict[str, int] | None = None, **params: in
     wait_for(lambda: full_mesh(c, NAMES), 20, "every validator to connect to the other three")
 
 
-@pytest.fixture(scope="module")
-def quad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    """Four institutions; every shard is challenged each audit epoch of 4 blocks."""
-    c = Consortium(tmp_path_factory.mktemp("erasure"))
+@contextlib.contextmanager
+def running_quad(
+    base: Path, powers: dict[str, int] | None = None, **params: int
+) -> Iterator[Consortium]:
+    """A started 4-institution consortium (:func:`start_quad`) in ``base``, stopped after."""
+    c = Consortium(base)
     try:
-        start_quad(c, storage_audit_epoch=AUDIT_EPOCH, storage_audit_challenges=10_000)
+        start_quad(c, powers, **params)
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def quad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
+    """Four institutions; every shard is challenged each audit epoch of 4 blocks."""
+    with running_quad(
+        tmp_path_factory.mktemp("erasure"),
+        storage_audit_epoch=AUDIT_EPOCH,
+        storage_audit_challenges=10_000,
+    ) as c:
+        yield c
 
 
 class Cast:

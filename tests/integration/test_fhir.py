@@ -29,7 +29,7 @@ from medledger.errors import Forbidden
 
 from .harness import Consortium, Identity
 from .test_consortium import admin_key, api, enroll_as, home
-from .test_erasure_storage import start_quad
+from .test_erasure_storage import running_quad
 
 FHIR_JSON = "application/fhir+json"
 HOUR_MS = 3_600_000
@@ -37,12 +37,8 @@ HOUR_MS = 3_600_000
 
 @pytest.fixture(scope="module")
 def quad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    c = Consortium(tmp_path_factory.mktemp("fhir"))
-    try:
-        start_quad(c)
+    with running_quad(tmp_path_factory.mktemp("fhir")) as c:
         yield c
-    finally:
-        c.stop()
 
 
 class Cast:
