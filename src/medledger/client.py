@@ -390,13 +390,16 @@ class Client:
         deidentified: bool = False,
         on_behalf_of: str = "",
         part_of: str = "",
+        delegation: bytes = b"",
     ) -> PutResult:
         """Encrypt ``size`` bytes of ``src`` (streamed, constant memory), have the node
         spread them over k+m institutions (defaults: the node's choice), check the
         manifest it built lists exactly these chunks, deposit the key's shares (one
         sealed to each reachable custodian), register. A gateway (a ``service``) names
         the service of its institution it stores for in ``on_behalf_of``; a later part
-        of a study names the record it continues in ``part_of``."""
+        of a study names the record it continues in ``part_of``. A node's gateway
+        registers for a bearer token's identity with its signed ``delegation`` (scope
+        ``write``): that identity is the record's creator."""
         custodians, custodian_keys, threshold = self.custody_plan()  # before any upload
         key = new_data_key()
         refs: list[ChunkRef] = []
@@ -452,6 +455,7 @@ class Client:
                 deidentified=deidentified,
                 on_behalf_of=on_behalf_of,
                 part_of=part_of,
+                delegation=delegation,
             ),
         )
         return PutResult(

@@ -12,6 +12,8 @@ input refused with an OperationOutcome and nothing changed on chain.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import stat
@@ -185,7 +187,8 @@ def test_metadata_is_a_valid_capability_statement(cast: Cast) -> None:
     served = {r["type"]: r for r in doc["rest"][0]["resource"]}
     assert {"Patient", "DocumentReference", "ImagingStudy", "Consent", "AuditEvent"} <= set(served)
     assert {"create", "delete"} <= {i["code"] for i in served["Consent"]["interaction"]}
-    assert "create" not in {i["code"] for i in served["DocumentReference"]["interaction"]}
+    assert "create" in {i["code"] for i in served["DocumentReference"]["interaction"]}
+    assert "create" not in {i["code"] for i in served["ImagingStudy"]["interaction"]}
 
 
 def test_patient_reads_itself_and_a_stranger_sees_nothing(cast: Cast) -> None:
@@ -244,9 +247,7 @@ def test_hostile_input_is_refused_and_changes_nothing(cast: Cast) -> None:
         "BAD_SEARCH_PARAM",
     )
     outcome(cast.get("Observation", cast.patient), 404, "NOT_FOUND")
-    outcome(
-        cast.send("POST", "DocumentReference", cast.patient, "read", {}), 405, "METHOD_NOT_ALLOWED"
-    )
+    outcome(cast.send("POST", "ImagingStudy", cast.patient, "read", {}), 405, "METHOD_NOT_ALLOWED")
     outcome(
         cast.send("PUT", f"Consent/{'c' + '0' * 32}", cast.patient, "consent", {}),
         405,
@@ -364,3 +365,71 @@ def test_binary_read_is_a_delegated_read_on_chain(cast: Cast) -> None:
     # the chain recorded the read as the token's identity (the patient), allowed
     assert [(e["actor"], e["outcome"]) for e in reads] == [(cast.patient.id, "allowed")]
     outcome(cast.get(f"Binary/{record_id}", cast.doc_b), 403, "ACCESS_DENIED")
+
+
+def document_body(cast: Cast, data: bytes, **attachment: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "type": {"coding": [{"system": "urn:medledger:record-type", "code": "note"}]},
+        "subject": {"reference": f"Patient/{cast.patient.id}"},
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain",
+                    "data": base64.b64encode(data).decode(),
+                    **attachment,
+                }
+            }
+        ],
+    }
+
+
+def patient_records(cast: Cast) -> list[str]:
+    with cast.client(cast.patient) as cl:
+        return [r["record_id"] for r in cl.list_records(cast.patient.id)]
+
+
+def test_document_reference_create_stores_a_record_as_the_token_identity(cast: Cast) -> None:
+    data = b"Discharge letter written in an EHR, sent as FHIR.\n" * 40
+    sha1 = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    before = patient_records(cast)
+    # hostile or unsupported: refused, nothing stored
+    for body, status, code in [
+        ({**document_body(cast, data), "subject": {"reference": "Group/x"}}, 422, "BAD_SUBJECT"),
+        (document_body(cast, data, size=len(data) + 1), 422, "CONTENT_MISMATCH"),
+        (document_body(cast, data, hash=base64.b64encode(b"x" * 20).decode()), 422,
+         "CONTENT_MISMATCH"),
+        (document_body(cast, b"", url="https://elsewhere.example/doc"), 422,
+         "UNSUPPORTED_FEATURE"),
+        ({**document_body(cast, data), "type": {"coding": [
+            {"system": "urn:medledger:record-type", "code": "imaging-study"}]}}, 422,
+         "BAD_RECORD_TYPE"),
+    ]:  # fmt: skip
+        outcome(cast.send("POST", "DocumentReference", cast.doc_a, "write", body), status, code)
+    outcome(
+        cast.send("POST", "DocumentReference", cast.doc_a, "read", document_body(cast, data)),
+        403,
+        "TOKEN_SCOPE",
+    )
+    assert patient_records(cast) == before
+
+    resp = cast.send(
+        "POST", "DocumentReference", cast.doc_a, "write", document_body(cast, data, hash=sha1)
+    )
+    doc = valid(resp, "DocumentReference", 201)
+    record_id = doc["id"]
+    assert resp.headers["location"].endswith(f"/fhir/DocumentReference/{record_id}")
+    assert doc["author"] == [
+        {"identifier": {"system": "urn:medledger:identity", "value": cast.doc_a.id}}
+    ]
+    assert patient_records(cast) == [*before, record_id]
+    with cast.client(cast.patient) as cl:
+        meta = cl.record(record_id)
+        write = [e for e in cl.audit(cast.patient.id) if e["record_id"] == record_id]
+    assert meta["creator"] == cast.doc_a.id and meta["depositor"] == cast.gateway_id
+    assert write[0]["actor"] == cast.doc_a.id and f"via={cast.gateway_id}" in write[0]["detail"]
+    # the author reads it back, through the node's custody (shares kept under the gateway)
+    assert clinician_reads(cast, cast.doc_a, record_id) == data
+    binary = cast.get(f"Binary/{record_id}", cast.patient)
+    assert binary.status_code == 200, binary.text

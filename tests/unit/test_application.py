@@ -910,9 +910,9 @@ def test_register_body_on_behalf_of_is_a_trailing_default() -> None:
     """An encoding without the trailing field decodes to its default; the canonical
     encoding always carries it."""
     body = register_body(key("p").id)
-    assert body.on_behalf_of == "" and body.part_of == ""
+    assert body.on_behalf_of == "" and body.part_of == "" and body.delegation == b""
     full = encode(body)
-    short = b"\x9c" + full[1:-2]  # 12 of the 14 fields: the array header, less two ""
-    assert full[0] == 0x9E and full[-2:] == b"\xa0\xa0"
+    short = b"\x9c" + full[1:-4]  # 12 of the 15 fields: the array header, less "", "", b""
+    assert full[0] == 0x9F and full[-4:] == b"\xa0\xa0\xc4\x00"
     assert decode(short, RegisterRecordBody) == body
     assert encode(decode(full, RegisterRecordBody)) == full

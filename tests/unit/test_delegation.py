@@ -278,3 +278,37 @@ def test_a_gateway_reads_on_behalf_of_a_device_of_its_institution() -> None:
         delegation=chain_token(w, "alpha.clinician"),
     )
     assert w.chain.run(w["alpha.service"], READ_RECORD, body).code == "TX_MALFORMED"
+
+
+def test_a_delegated_registration_is_the_grantors_with_the_gateways_key_shares() -> None:
+    from mlhelpers import register_body
+
+    from medledger.app.model import REGISTER_RECORD
+
+    w = World()
+    patient = w["alpha.patient"].id
+    gw = w["alpha.service"].id
+    body = register_body(patient, delegation=chain_token(w, "alpha.clinician"))
+    assert w.chain.run(w["alpha.service"], REGISTER_RECORD, body).code == "TOKEN_SCOPE"
+    raw = chain_token(w, "alpha.clinician", delegation.SCOPE_WRITE)
+    res = w.chain.run(w["alpha.service"], REGISTER_RECORD, register_body(patient, delegation=raw))
+    assert res.ok, res
+    meta = w.chain.app.query_record(res.data["record_id"])
+    assert meta is not None
+    assert (meta.creator, meta.depositor, meta.key_depositor) == (
+        w["alpha.clinician"].id,
+        gw,
+        gw,
+    )
+    assert res.events[0].actor == w["alpha.clinician"].id
+    assert res.events[0].detail.endswith(f"via={gw}")
+    # the clinician reads what it wrote (rule: author)
+    assert w.chain.read(w["alpha.clinician"], meta.record_id).data["rule"] == "author"
+    # a patient's write token can't write for another patient
+    raw = chain_token(w, "alpha.patient2", delegation.SCOPE_WRITE)
+    res = w.chain.run(w["alpha.service"], REGISTER_RECORD, register_body(patient, delegation=raw))
+    assert res.code == "NOT_AUTHORIZED", res
+    # a registration is delegated or for a device, not both
+    raw = chain_token(w, "alpha.clinician", delegation.SCOPE_WRITE)
+    body = register_body(patient, delegation=raw, on_behalf_of=w["alpha.service"].id)
+    assert w.chain.run(w["alpha.service"], REGISTER_RECORD, body).code == "TX_MALFORMED"

@@ -574,6 +574,7 @@ def record_json(m: RecordMeta) -> dict[str, Any]:
         "deidentified": m.deidentified,
         "erased_height": m.erased_height,
         "part_of": m.part_of,
+        "depositor": m.depositor,
         "institution": m.institution,
         "creator": m.creator,
         "created_ms": m.created_ms,

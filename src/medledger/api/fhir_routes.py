@@ -12,6 +12,7 @@ caller, as for its own transactions.
 from __future__ import annotations
 
 import asyncio
+import io
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medledger.api.audit_routes import require_trail_view
 from medledger.api.tokens import submit_as_gateway
 from medledger.app import access, consents
-from medledger.app.delegation import SCOPE_CONSENT, SCOPE_ENROLL, SCOPE_READ
+from medledger.app.delegation import SCOPE_CONSENT, SCOPE_ENROLL, SCOPE_READ, SCOPE_WRITE
 from medledger.app.model import (
     CONSENT_ACTIVE,
     ENROLL,
@@ -38,6 +39,7 @@ from medledger.app.model import (
     RevokeConsentBody,
     Role,
 )
+from medledger.client import Client, PutResult
 from medledger.crypto.keys import PrivateKey, is_identity_id, save_key_file
 from medledger.dicom.patients import validate_mrn
 from medledger.errors import (
@@ -51,6 +53,7 @@ from medledger.errors import (
 from medledger.fhir import ledger, resources
 from medledger.fhir.capability import RESOURCES, capability_statement
 from medledger.fhir.consent_in import grant_fields
+from medledger.fhir.document_in import NewDocument, document_in
 from medledger.fhir.models import MEDIA_TYPE, parse
 from medledger.fhir.outcome import (
     NotSupported,
@@ -68,6 +71,8 @@ from medledger.node.node import Node, now_ms
 log = get_logger("medledger.fhir")
 
 MAX_BODY_BYTES = 64 * 1024
+# a DocumentReference create carries its content inline (base64: 4/3 of the bytes)
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 MAX_BINARY_BYTES = 64 * 1024 * 1024
 PATIENT_KEYS = Path("patients")  # <home>/patients/<id>.key: custodial patient keys
 JSON_TYPES = ("application/fhir+json", "application/json")
@@ -145,19 +150,21 @@ def add_fhir_routes(app: FastAPI, node: Node, authenticate_any: Authenticate) ->
             )
         return raw
 
-    async def body_of(request: Request, resource_type: str) -> dict[str, Any]:
+    async def body_of(
+        request: Request, resource_type: str, limit: int = MAX_BODY_BYTES
+    ) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in JSON_TYPES:
             raise UnsupportedMediaType(
                 "send the resource as application/fhir+json", code="UNSUPPORTED_MEDIA_TYPE"
             )
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             raise InvalidInput("request body too large", code="BODY_TOO_LARGE")
         raw = bytearray()
         async for piece in request.stream():
             raw += piece
-            if len(raw) > MAX_BODY_BYTES:
+            if len(raw) > limit:
                 raise InvalidInput("request body too large", code="BODY_TOO_LARGE")
         return parse(bytes(raw), resource_type)
 
@@ -286,6 +293,36 @@ def add_fhir_routes(app: FastAPI, node: Node, authenticate_any: Authenticate) ->
         if meta.type == resources.IMAGING_STUDY_TYPE:
             raise NotFound("an imaging study is an ImagingStudy", code="RECORD_NOT_FOUND")
         return fhir_json(resources.document_reference(meta, base_url(request)))
+
+    @fhir.post("/DocumentReference")
+    async def create_document(request: Request) -> Response:
+        """Store inline content as a new record of the patient, for the token's
+        identity: encrypted and erasure-coded by this node, key shares deposited by its
+        gateway, ``record.register`` with the token's delegation (its identity is the
+        creator, and the chain's write rules are its)."""
+        caller = await caller_of(request, SCOPE_WRITE)
+        delegation = token_of(caller, "creating a DocumentReference")
+        new = document_in(await body_of(request, "DocumentReference", MAX_DOCUMENT_BYTES))
+        result = await asyncio.to_thread(store_document, new, delegation)
+        meta = node.app.query_record(result.record_id)
+        if meta is None:  # committed before put_stream returned
+            raise NotFound("the new record is not visible yet", code="RECORD_NOT_FOUND")
+        log.info("fhir.document_created", record_id=meta.record_id, by=caller.identity.id)
+        return fhir_json(
+            resources.document_reference(meta, base_url(request)),
+            201,
+            {"Location": f"{base_url(request)}/DocumentReference/{meta.record_id}"},
+        )
+
+    def store_document(new: NewDocument, delegation: bytes) -> PutResult:
+        with Client(node.dicom.api_url, node.dicom.gateway_key) as client:
+            return client.put_stream(
+                io.BytesIO(new.data),
+                len(new.data),
+                patient=new.patient,
+                record_type=new.record_type,
+                delegation=delegation,
+            )
 
     @fhir.get("/DocumentReference")
     async def search_documents(request: Request) -> Response:

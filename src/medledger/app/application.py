@@ -94,6 +94,7 @@ DELEGATED_SCOPES = {
     GRANT_CONSENT: delegation.SCOPE_CONSENT,
     REVOKE_CONSENT: delegation.SCOPE_CONSENT,
     ENROLL: delegation.SCOPE_ENROLL,
+    REGISTER_RECORD: delegation.SCOPE_WRITE,
 }
 
 MAX_SIZE = 1 << 48
@@ -493,6 +494,11 @@ class Application:
             raise ExecError("patient is not an enrolled identity", code="UNKNOWN_PATIENT")
         _require(access.may_write_for(sender, patient), "NOT_AUTHORIZED")
         if body.on_behalf_of:
+            if body.delegation:
+                raise ExecError(
+                    "a registration is either delegated or on behalf of a device",
+                    code="TX_MALFORMED",
+                )
             device = view.get(k_identity(body.on_behalf_of), Identity)
             _require(access.may_act_as_gateway(sender, device), "NOT_AUTHORIZED")
         if not RECORD_TYPE_RE.match(body.type):
@@ -527,6 +533,8 @@ class Application:
             height=ctx.height,
             erased_height=0,
             part_of=body.part_of,
+            # the gateway deposited the key shares of a delegated registration
+            depositor=stx.tx.sender if body.delegation else "",
         )
         view.put(k_record(record_id), meta)
         view.put(k_patient_record(patient.id, record_id), b"")

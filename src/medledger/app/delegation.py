@@ -8,7 +8,7 @@ is the bearer token such a client sends (``Authorization: Bearer mlt1.<base64url
 The node checks the token per request (signature, chain, delegate, expiry, the
 identity still active) and, for what needs the ledger, has its gateway key sign the
 transaction with the token inside (the ``delegation`` field of ``record.read``,
-``consent.grant``, ``consent.revoke``, ``identity.enroll``). The chain then checks the
+``consent.grant``, ``consent.revoke``, ``identity.enroll``, ``record.register``). The chain then checks the
 delegation again, against the block time, and executes the transaction **as the
 grantor**: the policy decides for the token's identity, and the event's actor is that
 identity (its detail names the gateway). So a token gives the node nothing the
@@ -34,7 +34,8 @@ TOKEN_PREFIX = "mlt1."
 SCOPE_READ = "read"  # queries, and record.read for the identity (WADO-RS, FHIR reads)
 SCOPE_CONSENT = "consent"  # consent.grant / consent.revoke (FHIR Consent create, delete)
 SCOPE_ENROLL = "enroll"  # identity.enroll (FHIR Patient create, by an admin)
-SCOPES = (SCOPE_READ, SCOPE_CONSENT, SCOPE_ENROLL)
+SCOPE_WRITE = "write"  # record.register (FHIR DocumentReference create)
+SCOPES = (SCOPE_READ, SCOPE_CONSENT, SCOPE_ENROLL, SCOPE_WRITE)
 
 MAX_LIFETIME_MS = 24 * 3600 * 1000  # a delegation outliving a day is refused
 DEFAULT_LIFETIME_MS = 3600 * 1000

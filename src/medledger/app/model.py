@@ -90,6 +90,14 @@ class RecordMeta(Record, frozen=True):
     erased_height: int = 0  # 0 while live; the height of the erasure that tombstoned it
     # a later part of the same study: the record it continues (RegisterRecordBody.part_of)
     part_of: str = ""
+    # who deposited the key shares, when not the creator: the node's gateway that
+    # registered the record for a bearer token's identity (a delegated registration)
+    depositor: str = ""
+
+    @property
+    def key_depositor(self) -> str:
+        """The identity the custodians keep this record's key shares under."""
+        return self.depositor or self.creator
 
     @property
     def stripes(self) -> int:
@@ -177,6 +185,9 @@ class RegisterRecordBody(Record, frozen=True):
     # a study's later part (DICOM instances that came after the study was stored): the
     # record it continues; same patient, type and institution (ADR 0008)
     part_of: str = ""
+    # a signed delegation (scope "write"): a node's gateway registers for the identity
+    # that signed it (a FHIR DocumentReference create); the gateway deposits the shares
+    delegation: bytes = b""
 
 
 class ReadRecordBody(Record, frozen=True):

@@ -228,7 +228,7 @@ def approve_erasure(
         "record_id": record.record_id,
         "status": "erased",
         "manifest_cid": record.content_hash,
-        "creator": record.creator,
+        "creator": record.key_depositor,  # whose key shares the custodians delete
     }
     return events, data
 

@@ -45,7 +45,8 @@ def issue(
         str,
         typer.Option(
             help=f"Comma-separated scopes: {', '.join(SCOPES)} (read: queries and reads; "
-            "consent: grant and revoke consents; enroll: enroll patients, admins only)."
+            "consent: grant and revoke consents; enroll: enroll patients, admins only; "
+            "write: store records, such as a FHIR DocumentReference)."
         ),
     ] = SCOPE_READ,
     node: NodeOpt = "",

@@ -22,7 +22,10 @@ _PARAM_TYPES = {
 # resource -> (interactions, search parameters)
 RESOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Patient": (("read", "search-type", "create"), ("_id", "identifier")),
-    "DocumentReference": (("read", "search-type"), ("_id", "patient", "subject", "type", "date")),
+    "DocumentReference": (
+        ("read", "search-type", "create"),
+        ("_id", "patient", "subject", "type", "date"),
+    ),
     "ImagingStudy": (
         ("read", "search-type"),
         ("_id", "patient", "subject", "identifier", "started"),

@@ -337,7 +337,7 @@ class CustodyOps:
         self, name: str, meta: RecordMeta, access_tx: bytes, requester: PublicKey, height: int
     ) -> bytes:
         if name == self.name:
-            sealed = self.node.custodian.release(meta.creator, meta.content_hash, requester)
+            sealed = self.node.custodian.release(meta.key_depositor, meta.content_hash, requester)
             self.node.metrics.key_releases.labels(outcome="released").inc()
             return sealed
         driver = self.node.driver

@@ -649,7 +649,9 @@ class Node:
         """Release this custodian's share of a record's key, sealed to the requester,
         after the gate (asked by a member node relaying a read)."""
         meta = self.check_gate(record_id, access_tx, requester_pk)
-        return self.custodian.release(meta.creator, meta.content_hash, PublicKey(requester_pk))
+        return self.custodian.release(
+            meta.key_depositor, meta.content_hash, PublicKey(requester_pk)
+        )
 
     def node_tx(self, kind: str, body: Any) -> bytes:
         """A transaction signed with this node's key, at its next nonce (evidence,
