@@ -87,6 +87,7 @@ MAX_MOVE_CONTEXTS = 128  # presentation contexts proposed to a move destination
 DEFAULT_MAX_INSTANCE_BYTES = 512 * 1024 * 1024
 
 MAX_ASSOCIATIONS = 16
+MAX_PDU_BYTES = 1024 * 1024
 ACSE_TIMEOUT_S = 30.0  # waiting for A-ASSOCIATE-RQ, A-RELEASE-RP
 DIMSE_TIMEOUT_S = 30.0  # waiting for a DIMSE message
 NETWORK_TIMEOUT_S = 60.0  # an idle association is aborted after this
@@ -317,6 +318,9 @@ class DicomSCP:
             weakref.WeakKeyDictionary()
         )
         ae = AE(ae_title=ae_title)
+        # the largest P-DATA PDU we accept: a peer then sends a small instance in one
+        # PDU instead of several of pynetdicom's default 16 KiB (fewer network-loop turns)
+        ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.supported_contexts = VerificationPresentationContexts
         if store is not None or query is not None:
             for cx in StoragePresentationContexts:
