@@ -124,3 +124,48 @@ def test_a_study_part_continues_a_record_of_the_same_patient_type_and_institutio
         register_body(patient, type="document", part_of=first),
     )
     assert res.code == "BAD_PART_OF"  # another type
+
+
+def test_a_study_is_erased_part_by_part_and_its_first_record_last() -> None:
+    from medledger.app.model import (
+        ERASE_APPROVE,
+        ERASE_REQUEST,
+        EraseApproveBody,
+        EraseRequestBody,
+    )
+
+    w = World()
+    patient = w["alpha.patient"].id
+    first = register(w, patient).data["record_id"]
+
+    def request(record_id: str) -> TxResult:
+        body = EraseRequestBody(record_id=record_id, reason="right to be forgotten")
+        return w.chain.run(w["alpha.patient"], ERASE_REQUEST, body)
+
+    def approve(record_id: str) -> TxResult:
+        return w.chain.run(w["alpha.admin"], ERASE_APPROVE, EraseApproveBody(record_id=record_id))
+
+    # requested before a part arrived: the approval is refused once there is one
+    assert request(first).ok
+    part = register(w, patient, part_of=first, content_hash=register_body("p").content_hash)
+    part_id = part.data["record_id"]
+    res = approve(first)
+    assert res.code == "PARTS_NOT_ERASED" and part_id not in res.message, res
+    assert w.chain.app.query_record(first).erased_height == 0
+    # the part first, then the study's first record
+    assert request(part_id).ok and approve(part_id).ok
+    res = approve(first)
+    assert res.ok, res
+    assert w.chain.app.query_record(first).erased_height > 0
+
+
+def test_a_first_record_with_live_parts_cannot_be_requested_for_erasure() -> None:
+    from medledger.app.model import ERASE_REQUEST, EraseRequestBody
+
+    w = World()
+    patient = w["alpha.patient"].id
+    first = register(w, patient).data["record_id"]
+    register(w, patient, part_of=first, content_hash=register_body("p").content_hash)
+    body = EraseRequestBody(record_id=first, reason="please")
+    res = w.chain.run(w["alpha.patient"], ERASE_REQUEST, body)
+    assert res.code == "PARTS_NOT_ERASED" and f"part_of={first}" in res.message, res

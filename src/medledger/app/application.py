@@ -539,6 +539,8 @@ class Application:
         view.put(k_record(record_id), meta)
         view.put(k_patient_record(patient.id, record_id), b"")
         patients.note_record(view, patient.id)
+        if body.part_of:
+            patients.count_part(view, body.part_of, +1)
         reads.count(view, k_stats("write", sender.institution, body.type, "-", "ok"))
         ev = Event(
             action="write",

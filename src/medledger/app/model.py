@@ -152,6 +152,12 @@ class MergeBody(Record, frozen=True):
     record_ids: list[str]  # at most MAX_MERGE_RECORDS, each the pseudonym's
 
 
+class PartCount(Record, frozen=True):
+    """How many live (not erased) parts continue a study's first record."""
+
+    live: int
+
+
 class Pseudonym(Record, frozen=True):
     id: str
     institution: str
@@ -377,6 +383,10 @@ def k_identity(id_: str) -> bytes:
 
 def k_pseudonym(id_: str) -> bytes:
     return b"v1/pseudonym/" + id_.encode()
+
+
+def k_parts(record_id: str) -> bytes:
+    return b"v1/parts/" + record_id.encode()
 
 
 def k_nonce(id_: str) -> bytes:

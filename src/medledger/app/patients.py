@@ -26,12 +26,14 @@ from medledger.app.model import (
     SUSPENDED,
     Identity,
     MergeBody,
+    PartCount,
     Pseudonym,
     PseudonymBody,
     RecordMeta,
     Role,
     enrollment_event,
     k_identity,
+    k_parts,
     k_patient_record,
     k_pseudonym,
     k_record,
@@ -107,6 +109,16 @@ def check_part_of(
         )
     if first.part_of:
         raise PatientRuleError("part_of names the first record, not a part", code="BAD_PART_OF")
+
+
+def live_parts(view: StateView, record_id: str) -> int:
+    count = view.get(k_parts(record_id), PartCount)
+    return count.live if count is not None else 0
+
+
+def count_part(view: StateView, first: str, delta: int) -> None:
+    """A part of ``first`` was registered (+1) or erased (-1)."""
+    view.put(k_parts(first), PartCount(live=max(live_parts(view, first) + delta, 0)))
 
 
 def merge(view: StateView, sender: Identity, body: MergeBody) -> tuple[list[Event], dict[str, str]]:

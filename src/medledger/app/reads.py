@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from medledger.app import access, consents
+from medledger.app import access, consents, patients
 from medledger.app.model import (
     ALERT_BREAK_GLASS,
     ALERT_DENIED,
@@ -175,6 +175,7 @@ def request_erasure(
         )
     if view.get_raw(k_erase_request(record.record_id)) is not None:
         raise ReadRuleError("an erasure of this record is already pending", code="ERASURE_PENDING")
+    _no_live_parts(view, record)
     view.put(
         k_erase_request(record.record_id),
         EraseRequest(
@@ -210,8 +211,11 @@ def approve_erasure(
         raise ReadRuleError(
             "no erasure request is pending for this record", code="NO_ERASURE_REQUEST"
         )
+    _no_live_parts(view, record)  # a part registered since the request
     view.delete(k_erase_request(record.record_id))
     view.put(k_record(record.record_id), tombstone(record, height))
+    if record.part_of:
+        patients.count_part(view, record.part_of, -1)
     detail = f"requested_by={request.requested_by} approved_by={sender.id} rule={decision.rule}"
     events = [
         Event(
@@ -231,6 +235,18 @@ def approve_erasure(
         "creator": record.key_depositor,  # whose key shares the custodians delete
     }
     return events, data
+
+
+def _no_live_parts(view: StateView, record: RecordMeta) -> None:
+    """A study's first record is erased after its parts (records whose ``part_of``
+    names it), so that none of the study stays behind unnoticed."""
+    parts = patients.live_parts(view, record.record_id)
+    if parts:
+        raise ReadRuleError(
+            f"the study has {parts} part(s) still stored (records with part_of="
+            f"{record.record_id}): erase them first",
+            code="PARTS_NOT_ERASED",
+        )
 
 
 def tombstone(record: RecordMeta, height: int) -> RecordMeta:
