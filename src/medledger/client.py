@@ -76,6 +76,7 @@ from medledger.storage.manifest import DEFAULT_CHUNK_SIZE, ChunkRef, decode_mani
 Progress = Callable[[int], None]
 
 
+REINDEX_TIMEOUT_S = 3600.0  # a reindex reads every study of the institution
 NONCE_RETRIES = 8  # re-signs when another client of the same key took the nonce
 
 
@@ -124,8 +125,10 @@ class Client:
         content: bytes | Iterator[bytes] | None = None,
         signed: bool = True,
         stream: bool = False,
+        timeout: float | None = None,
     ) -> httpx.Response:
         path_qs = path + ("?" + urlencode(params) if params else "")
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         headers: dict[str, str] = {}
         body: bytes | Iterator[bytes] | None = content
         if json_body is not None:
@@ -147,7 +150,7 @@ class Client:
                 req = self._http.build_request(method, path_qs, content=body, headers=headers)
                 resp = self._http.send(req, stream=True)
             else:
-                resp = self._http.request(method, path_qs, content=body, headers=headers)
+                resp = self._http.request(method, path_qs, content=body, headers=headers, **extra)
         except httpx.TimeoutException:
             raise Unavailable(f"node {self.node_url} did not answer in time", code="NODE_TIMEOUT")
         except httpx.TransportError as exc:
@@ -676,6 +679,13 @@ class Client:
         ``patient`` (at most 256 per transaction)."""
         body = MergeBody(pseudonym=pseudonym, patient=patient, record_ids=sorted(record_ids))
         return self.submit(PATIENT_MERGE, body)
+
+    def dicom_reindex(self) -> dict[str, Any]:
+        """Rebuild the node's study index from the ledger (admins; a read per study)."""
+        doc: dict[str, Any] = self._request(
+            "POST", "/api/v1/dicom/reindex", json_body={}, timeout=REINDEX_TIMEOUT_S
+        ).json()
+        return doc
 
     def dicom_patient_links(self) -> dict[str, Any]:
         """The hospital patient identifiers linked at this node's institution (admins)."""

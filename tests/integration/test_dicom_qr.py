@@ -469,3 +469,31 @@ def test_bad_destination_addresses_are_refused(qr: Setup) -> None:
     assert "BADDEST" not in {e["ae_title"] for e in doc["allowed"]}
     (dest,) = [e for e in doc["allowed"] if e["ae_title"] == "STORESCP"]
     assert (dest["host"], dest["port"]) == ("127.0.0.1", s.store_port)
+
+
+def test_reindex_indexes_studies_stored_with_record_put(qr: Setup, tmp_path: Path) -> None:
+    s = qr
+    folder = tmp_path / "put"
+    sent = make_study(folder)
+    study_uid = str(pydicom.dcmread(sent[0]).StudyInstanceUID)
+    stored = cli_json(
+        "record", "put", folder, "--patient", s.patient.id,
+        "--node", s.a["api"], "--as", s.pacs.key_file,
+    )  # fmt: skip
+    keys = ("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid}")
+    _, found = findscu(s, tmp_path / "before", *keys)
+    assert found == []  # stored without the gateway: not in the index
+    r = run_cli("dicom", "reindex", "--node", s.a["api"], "--as", s.pacs.key_file)
+    assert_cli_error(r, "NOT_AUTHORIZED")
+
+    report = admin_cli(s.a, "dicom", "reindex")
+    assert (report["indexed"], report["instances"], report["failed"]) == (1, len(sent), 0)
+    assert report["already"] >= 1  # the studies the gateway stored itself
+    _, found = findscu(s, tmp_path / "after", *keys)
+    assert [str(x.StudyInstanceUID) for x in found] == [study_uid]
+    # the read it took is on the patient's trail: the gateway, purpose audit
+    with s.c.client(s.patient) as client:
+        events = client.audit(s.patient.id)
+    (ev,) = [e for e in events if e["action"] == "read" and e["record_id"] == stored["record_id"]]
+    assert ev["actor"] == s.gateway_id and "purpose=audit" in ev["detail"]
+    assert admin_cli(s.a, "dicom", "reindex")["indexed"] == 0

@@ -29,11 +29,15 @@ from medledger.app.model import (
     ACTIVE,
     MAX_MERGE_RECORDS,
     Pseudonym,
+    RecordMeta,
     Role,
     k_pseudonym,
+    k_record,
     p_patient_records,
 )
+from medledger.codec import decode
 from medledger.crypto.keys import is_identity_id
+from medledger.dicom import reindex
 from medledger.dicom.aetitle import validate_ae_title
 from medledger.dicom.allowlist import allowed_json, validate_address
 from medledger.dicom.patients import PatientLink, link_json, validate_mrn
@@ -46,6 +50,9 @@ log = get_logger("medledger.api")
 
 ALLOWED_AES = "/api/v1/dicom/allowed-aes"
 PATIENTS = "/api/v1/dicom/patients"
+REINDEX = "/api/v1/dicom/reindex"
+RECORD_PREFIX = k_record("")
+MAX_REINDEX_RECORDS = 100_000
 
 
 class AllowBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -148,6 +155,28 @@ def add_dicom_routes(app: FastAPI, node: Node, authenticate: Callable[..., Await
             by=caller.identity.id,
         )
         return {**allowed_json(entry), "removed": True}
+
+    @app.post(REINDEX)
+    async def reindex_studies(request: Request) -> dict[str, Any]:
+        """Rebuild the study index from the ledger: read (one audited read each) the
+        live imaging-study records of this institution that the index lacks."""
+        caller = await institution_admin(request)
+        if not gateway.gateway_enrolled():
+            raise InvalidInput(
+                f"enroll the node's DICOM gateway {gateway.gateway_id} as a service first",
+                code="GATEWAY_NOT_ENROLLED",
+            )
+        rows = node.reader.scan_prefix(RECORD_PREFIX, MAX_REINDEX_RECORDS + 1)
+        metas = [decode(value, RecordMeta) for _, value in rows[:MAX_REINDEX_RECORDS]]
+        todo = reindex.candidates(metas, node.config.name)
+        log.info("dicom.reindex_started", records=len(todo), by=caller.identity.id)
+        report = await asyncio.to_thread(
+            reindex.reindex,
+            gateway.index,
+            todo,
+            lambda meta: reindex.read_entries(gateway.api_url, gateway.gateway_key, meta),
+        )
+        return {**report.json(), "truncated": len(rows) > MAX_REINDEX_RECORDS}
 
     @app.get(PATIENTS)
     async def list_patients(request: Request) -> dict[str, Any]:

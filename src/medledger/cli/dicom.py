@@ -111,6 +111,27 @@ def ls(
     emit(doc, as_json, human)
 
 
+@app.command("reindex")
+def reindex(
+    node: NodeOpt = "",
+    as_key: AsOpt = Path("admin.key"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the node's study index (C-FIND, QIDO-RS, FHIR ImagingStudy) from the
+    ledger: the institution's imaging studies it lacks are read, one audited read each
+    (purpose audit), and indexed. For a lost index, or studies stored with record put."""
+    with client_for(node, as_key) as c:
+        doc = c.dicom_reindex()
+    emit(
+        doc,
+        as_json,
+        lambda: out.print(
+            f"indexed {doc['indexed']} study record(s) ({doc['instances']} instances); "
+            f"{doc['already']} already indexed, {doc['failed']} failed (see the node log)"
+        ),
+    )
+
+
 patient_app = typer.Typer(
     help="Hospital patient identifiers (DICOM PatientID, MRN) linked to ledger patients "
     "(institution admins; kept by the node, off chain).",
