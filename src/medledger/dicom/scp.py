@@ -50,7 +50,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from medledger.dicom.index import IndexedInstance
-from medledger.dicom.uids import is_uid, patient_id_problem
+from medledger.dicom.uids import is_uid, patient_id_problem, string_value
 from medledger.errors import MedLedgerError, NodeError
 from medledger.log import get_logger
 
@@ -193,7 +193,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> tuple[str, dict[str
     private or unknown elements are not matched (a C-FIND returns them empty).
     """
     try:
-        level = _text(identifier.get("QueryRetrieveLevel")).upper()
+        level = string_value(identifier.get("QueryRetrieveLevel")).upper()
         match: dict[str, str] = {}
         for elem in identifier:
             keyword = elem.keyword
@@ -201,7 +201,7 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> tuple[str, dict[str
                 continue
             if keyword == "SpecificCharacterSet":
                 continue
-            match[keyword] = _query_text(elem.value)
+            match[keyword] = _querystring_value(elem.value)
     except BadIdentifier:
         raise
     except Exception:
@@ -214,11 +214,11 @@ def parse_identifier(identifier: Dataset, sop_class: str) -> tuple[str, dict[str
     return level, match
 
 
-def _query_text(value: object) -> str:
+def _querystring_value(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple, MultiValue)):
-        return "\\".join(_query_text(v) for v in value)
+        return "\\".join(_querystring_value(v) for v in value)
     if isinstance(value, bytes):
         raise BadIdentifier("binary_value")
     return str(value).strip("\x00 ")
@@ -491,9 +491,9 @@ class DicomSCP:
             return refuse(STATUS_OUT_OF_RESOURCES, "too_large", size=size)
         try:
             ds = event.dataset
-            study_uid = _text(ds.get("StudyInstanceUID"))
-            ds_sop_uid = _text(ds.get("SOPInstanceUID"))
-            patient_id = _text(ds.get("PatientID"))
+            study_uid = string_value(ds.get("StudyInstanceUID"))
+            ds_sop_uid = string_value(ds.get("SOPInstanceUID"))
+            patient_id = string_value(ds.get("PatientID"))
         except Exception:  # pydicom signals a malformed dataset with many types
             return refuse(STATUS_CANNOT_UNDERSTAND, "undecodable")
         if not study_uid:
@@ -730,10 +730,3 @@ def move_contexts(planned: list[IndexedInstance]) -> list[PresentationContext]:
             if len(contexts) < MAX_MOVE_CONTEXTS:
                 contexts.append(build_context(sop_class, [ts]))
     return contexts
-
-
-def _text(value: object) -> str:
-    """A DICOM string value as text, padding removed ('' when absent or multi-valued)."""
-    if value is None or not isinstance(value, str):
-        return ""
-    return value.strip("\x00 ")

@@ -24,7 +24,7 @@ from medledger.dicom.scp import (
     STATUS_DATASET_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
 )
-from medledger.dicom.uids import is_uid, patient_id_problem
+from medledger.dicom.uids import is_uid, patient_id_problem, string_value
 
 DICOM_MEDIA = "application/dicom"
 KNOWN_TRANSFER_SYNTAXES = frozenset(str(ts) for ts in ALL_TRANSFER_SYNTAXES)
@@ -47,12 +47,6 @@ class Failed:
     sop_class_uid: str = ""
 
 
-def _text(value: object) -> str:
-    if value is None or not isinstance(value, str):
-        return ""
-    return value.strip("\x00 ")
-
-
 def check_part(
     data: bytes, content_type: str, *, max_bytes: int, study_uid: str | None
 ) -> Accepted | Failed:
@@ -69,29 +63,29 @@ def check_part(
             _decode_all(ds)
     except Exception:  # pydicom signals malformed files with many types
         return Failed(STATUS_CANNOT_UNDERSTAND, "undecodable")
-    sop_uid = _text(ds.get("SOPInstanceUID"))
-    sop_class = _text(ds.get("SOPClassUID"))
+    sop_uid = string_value(ds.get("SOPInstanceUID"))
+    sop_class = string_value(ds.get("SOPClassUID"))
     ids = {
         "sop_uid": sop_uid if is_uid(sop_uid) else "",
         "sop_class_uid": sop_class if is_uid(sop_class) else "",
     }
     if ts not in KNOWN_TRANSFER_SYNTAXES:
         return Failed(STATUS_CANNOT_UNDERSTAND, "unknown_transfer_syntax", **ids)
-    study = _text(ds.get("StudyInstanceUID"))
+    study = string_value(ds.get("StudyInstanceUID"))
     if not study:
         return Failed(STATUS_DATASET_MISMATCH, "no_study_uid", **ids)
     if not is_uid(study):
         return Failed(STATUS_DATASET_MISMATCH, "bad_study_uid", **ids)
     if not (ids["sop_uid"] and ids["sop_class_uid"]):
         return Failed(STATUS_DATASET_MISMATCH, "bad_sop_uid", **ids)
-    if _text(ds.file_meta.get("MediaStorageSOPInstanceUID")) != sop_uid:
+    if string_value(ds.file_meta.get("MediaStorageSOPInstanceUID")) != sop_uid:
         return Failed(STATUS_DATASET_MISMATCH, "meta_sop_mismatch", **ids)
-    patient_id = _text(ds.get("PatientID"))
+    patient_id = string_value(ds.get("PatientID"))
     if patient_id_problem(patient_id) is not None:
         return Failed(STATUS_DATASET_MISMATCH, "bad_patient_id", **ids)
     if study_uid is not None and study != study_uid:
         return Failed(STATUS_DATASET_MISMATCH, "other_study", **ids)
-    series = _text(ds.get("SeriesInstanceUID"))
+    series = string_value(ds.get("SeriesInstanceUID"))
     if not is_uid(series):
         return Failed(STATUS_DATASET_MISMATCH, "bad_series_uid", **ids)
     return Accepted(study, series, sop_uid, sop_class, patient_id)

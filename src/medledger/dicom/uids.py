@@ -41,3 +41,11 @@ def patient_id_problem(value: object) -> str | None:
     if value != value.strip(" "):
         return "a patient identifier cannot start or end with a space"
     return None
+
+
+def string_value(value: object) -> str:
+    """A single DICOM string element value as text, padding removed ('' when absent
+    or multi-valued): what the SCP and STOW-RS check UIDs and PatientIDs on."""
+    if value is None or not isinstance(value, str):
+        return ""
+    return value.strip("\x00 ")
