@@ -135,6 +135,20 @@ def test_visibility_limit_offset(index: StudyIndex) -> None:
     assert index.record_ids() == ["rec-a", "rec-b"]
 
 
+def test_visibility_is_decided_only_for_the_records_a_query_may_match(index: StudyIndex) -> None:
+    assert index.candidate_record_ids("STUDY", {}) == ["rec-a", "rec-b"]
+    assert index.candidate_record_ids("STUDY", {"PatientID": "MRN-2"}) == ["rec-b"]
+    assert index.candidate_record_ids("IMAGE", {"SOPInstanceUID": "1.2.1.2.1"}) == ["rec-a"]
+    assert index.candidate_record_ids("STUDY", {"StudyInstanceUID": "9.9"}) == []
+    # a search restricted to the candidates finds what an unrestricted one finds
+    for level, match in (("STUDY", {"PatientID": "MRN-2"}), ("SERIES", {"Modality": "MR"})):
+        wanted = index.search(level, match)
+        only = set(index.candidate_record_ids(level, match))
+        assert index.search(level, match, record_ids=only) == wanted
+    with pytest.raises(InvalidInput):
+        index.candidate_record_ids("WARD", {})
+
+
 def test_hostile_values_match_literally(index: StudyIndex) -> None:
     for value in ("%", "_", "'", "' OR '1'='1", "A%", "A_'1", ".*", "[A]*", "\\"):
         assert index.search("STUDY", {"AccessionNumber": value}) == [], value

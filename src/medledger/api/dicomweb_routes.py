@@ -177,7 +177,8 @@ def add_dicomweb_routes(
         if query.nothing:
             return Response(status_code=204)
         index = gateway.index
-        visible = visible_record_ids(node, caller.identity, index.record_ids())
+        candidates = await asyncio.to_thread(index.candidate_record_ids, level, query.match)
+        visible = visible_record_ids(node, caller.identity, candidates)
         rows = await asyncio.to_thread(
             index.search,
             level,

@@ -360,9 +360,10 @@ class DicomGateway:
             future.cancel()
             raise Unavailable("the node is busy", code="NODE_BUSY")
 
-    def visible_records(self, identity_id: str) -> set[str]:
-        """The indexed records ``identity_id`` may see (none if it is unknown)."""
-        indexed = self.index.record_ids()
+    def visible_records(self, identity_id: str, level: str, match: Mapping[str, str]) -> set[str]:
+        """The records that may match the query and ``identity_id`` may see (none if
+        it is unknown)."""
+        indexed = self.index.candidate_record_ids(level, match)
         visibility = self.visibility
         if visibility is None:
             raise Unavailable("the node's API is not up yet", code="NODE_STARTING")
@@ -374,12 +375,12 @@ class DicomGateway:
         return self._on_loop(decide_now)
 
     def find(self, verdict: Verdict, level: str, match: Mapping[str, str]) -> list[dict[str, str]]:
-        visible = self.visible_records(verdict.identity)
+        visible = self.visible_records(verdict.identity, level, match)
         return self.index.search(level, match, record_ids=visible, limit=MAX_FIND_MATCHES + 1)
 
     def plan(self, verdict: Verdict, level: str, match: Mapping[str, str]) -> list[IndexedInstance]:
         """The visible instances matching the query, grouped by record (first seen)."""
-        visible = self.visible_records(verdict.identity)
+        visible = self.visible_records(verdict.identity, level, match)
         rows = self.index.search(level, match, record_ids=visible, limit=MAX_RETRIEVE_INSTANCES + 1)
         seen: set[str] = set()
         planned: list[IndexedInstance] = []

@@ -215,6 +215,18 @@ class StudyIndex:
             rows = self._db.execute(sql + " ORDER BY seq", args).fetchall()
         return [_instance(r) for r in rows]
 
+    def candidate_record_ids(self, level: str, match: Mapping[str, str]) -> list[str]:
+        """The records whose instances may match the query (the index's prefilter of
+        :meth:`search`, a superset): the ones a caller needs visibility decided for,
+        rather than every record in the index."""
+        _, matchers = _matchers(level, match)
+        where, args = _sql_prefilter(matchers)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT DISTINCT record_id FROM instances{where} ORDER BY record_id", args
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def search(
         self,
         level: str,
@@ -235,18 +247,9 @@ class StudyIndex:
         instance was indexed. ``BAD_QUERY`` for an unknown level or a value over
         1024 characters or with control characters.
         """
-        level = level.upper()
-        if level not in LEVELS:
-            raise InvalidInput(f"unknown query level {level[:20]!r}", code="BAD_QUERY")
         if not (0 <= limit <= MAX_LIMIT and offset >= 0):
             raise InvalidInput("limit or offset out of range", code="BAD_QUERY")
-        keys = _LEVEL_KEYS[level]
-        matchers = []
-        for key, raw in match.items():
-            value = _clean(key, raw)
-            if key in keys and value not in ("", "*"):
-                matchers.append((key, value))
-
+        level, matchers = _matchers(level, match)
         where, args = _sql_prefilter(matchers)
         with self._lock:
             rows = self._db.execute(
@@ -272,6 +275,20 @@ class StudyIndex:
                     break
                 out.append(entry)
         return out
+
+
+def _matchers(level: str, match: Mapping[str, str]) -> tuple[str, list[tuple[str, str]]]:
+    """The level (upper case) and the non-universal keys of a query at that level."""
+    level = level.upper()
+    if level not in LEVELS:
+        raise InvalidInput(f"unknown query level {level[:20]!r}", code="BAD_QUERY")
+    keys = _LEVEL_KEYS[level]
+    matchers = []
+    for key, raw in match.items():
+        value = _clean(key, raw)
+        if key in keys and value not in ("", "*"):
+            matchers.append((key, value))
+    return level, matchers
 
 
 def _instance(row: tuple[Any, ...]) -> IndexedInstance:
