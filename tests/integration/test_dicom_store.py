@@ -103,7 +103,8 @@ def make_study(folder: Path, patient_id: str, names: tuple[str, ...] = TEST_FILE
     return paths
 
 
-def study_records(s: Setup) -> list[dict[str, Any]]:
+def study_records(s: Any) -> list[dict[str, Any]]:
+    """The patient's imaging-study records (``s``: a setup with ``c`` and ``patient``)."""
     doc = cli_json(
         "record", "ls", "--patient", s.patient.id, "--node", s.c.api,
         "--as", s.patient.key_file,
@@ -111,8 +112,9 @@ def study_records(s: Setup) -> list[dict[str, Any]]:
     return [r for r in doc["records"] if r["type"] == "imaging-study"]
 
 
-def wait_new_record(s: Setup, known: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + SEAL_TIMEOUT_S
+def wait_new_record(s: Any, known: set[str], timeout: float = SEAL_TIMEOUT_S) -> dict[str, Any]:
+    """The one study record not in ``known`` once it appears (the study was sealed)."""
+    deadline = time.monotonic() + timeout
     while True:
         new = [r for r in study_records(s) if r["record_id"] not in known]
         if new:

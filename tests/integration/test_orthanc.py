@@ -32,7 +32,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from .harness import Consortium, Identity, run_cli, running_consortium
 from .orthanc import Modality, Orthanc, OrthancError, orthanc_binary, running_orthanc
 from .test_dicom_scp import NODE_AE, listener, node_events
-from .test_dicom_store import dataset_bytes, make_study
+from .test_dicom_store import dataset_bytes, make_study, study_records, wait_new_record
 
 pytestmark = pytest.mark.skipif(
     orthanc_binary() is None,
@@ -93,26 +93,6 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 def link(s: Setup, mrn: str) -> None:
     admin_cli(s.c, "patient", "link", "--mrn", mrn, "--patient", s.patient.id)
-
-
-def study_records(s: Setup) -> list[dict[str, Any]]:
-    r = run_cli(
-        "record", "ls", "--patient", s.patient.id, "--node", s.c.api,
-        "--as", s.patient.key_file, "--json",
-    )  # fmt: skip
-    assert r.code == 0, r.err
-    return [rec for rec in r.json()["records"] if rec["type"] == "imaging-study"]
-
-
-def wait_new_record(s: Setup, known: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + SEAL_TIMEOUT_S
-    while True:
-        new = [r for r in study_records(s) if r["record_id"] not in known]
-        if new:
-            assert len(new) == 1, new
-            return new[0]
-        assert time.monotonic() < deadline, "no study record:\n" + s.c.log_tails(40)
-        time.sleep(0.3)
 
 
 def read_back(s: Setup, record_id: str, out: Path) -> dict[str, bytes]:
@@ -196,7 +176,7 @@ def test_orthanc_c_store_becomes_one_record(pacs: Setup, tmp_path: Path) -> None
     )
     assert job.get("FailedInstancesCount", 0) == 0, job
     assert job["InstancesCount"] == len(sent), job
-    rec = wait_new_record(s, known)
+    rec = wait_new_record(s, known, SEAL_TIMEOUT_S)
     assert rec["creator"] == s.gateway_id
     sealed = [
         e for e in node_events(s.c, "dicom.study_sealed") if e["record_id"] == rec["record_id"]
@@ -263,7 +243,7 @@ def test_orthanc_retrieves_a_study_by_c_move(pacs: Setup, tmp_path: Path) -> Non
     known = {r["record_id"] for r in study_records(s)}
     # into MedLedger (not through Orthanc: Orthanc must not hold the study before)
     send_with_pynetdicom(s, sent, calling=ORTHANC_AE)
-    rec = wait_new_record(s, known)
+    rec = wait_new_record(s, known, SEAL_TIMEOUT_S)
     stored = read_back(s, rec["record_id"], tmp_path / "stored")
     assert s.orthanc.study_id(study_uid) is None
 
