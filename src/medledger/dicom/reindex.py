@@ -13,21 +13,18 @@ Synchronous and slow (a read per record): run it in a thread.
 
 from __future__ import annotations
 
-import shutil
-import tarfile
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 
 from medledger.app.model import RecordMeta
 from medledger.crypto.keys import PrivateKey
 from medledger.dicom.index import IndexedInstance, StudyIndex, read_instance
+from medledger.dicom.retrieve import archive_members, read_archive
 from medledger.errors import InvalidInput, MedLedgerError
 from medledger.log import get_logger
-from medledger.study import MAX_FILES, STUDY_RECORD_TYPE
+from medledger.study import STUDY_RECORD_TYPE
 
 log = get_logger("medledger.dicom")
 
@@ -81,41 +78,21 @@ def reindex(
 
 def read_entries(api_url: str, key: PrivateKey, meta: RecordMeta) -> list[IndexedInstance]:
     """Read a study record with ``key`` and index entries of its instances."""
-    from medledger.client import Client  # httpx: only when reading
-
-    folder = Path(tempfile.mkdtemp(prefix="medledger-reindex-"))  # mode 0700
-    try:
-        out = folder / "study.tar"
-        with Client(api_url, key) as client:
-            client.get_record(meta.record_id, out, purpose=REINDEX_PURPOSE)
-        return entries_of_archive(out, meta)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def entries_of_archive(path: Path, meta: RecordMeta) -> list[IndexedInstance]:
+    archive = read_archive(api_url, key, meta.record_id, purpose=REINDEX_PURPOSE)
     entries: list[IndexedInstance] = []
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for n, member in enumerate(tar):
-                if n >= MAX_FILES or not member.isreg():
-                    raise InvalidInput("not a study archive", code="BAD_ARCHIVE")
-                fh = tar.extractfile(member)
-                if fh is None:
-                    raise InvalidInput("not a study archive", code="BAD_ARCHIVE")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    entry = read_instance(
-                        BytesIO(fh.read()),
-                        record_id=meta.record_id,
-                        patient=meta.patient,
-                        member=member.name,
-                        size=member.size,
-                    )
-                if entry is not None:
-                    entries.append(entry)
-    except InvalidInput:
-        raise
-    except Exception:  # tarfile and pydicom signal a malformed archive many ways
-        raise InvalidInput("the record is not a readable study archive", code="BAD_ARCHIVE")
+    for member, data in archive_members(archive):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                entry = read_instance(
+                    BytesIO(data),
+                    record_id=meta.record_id,
+                    patient=meta.patient,
+                    member=member.name,
+                    size=member.size,
+                )
+        except Exception:  # pydicom signals a malformed file many ways
+            raise InvalidInput("the record is not a readable study archive", code="BAD_ARCHIVE")
+        if entry is not None:
+            entries.append(entry)
     return entries
