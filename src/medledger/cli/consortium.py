@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -33,8 +34,26 @@ from medledger.node.config import (
 INSTITUTION_NAMES = [f"hospital-{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 
 
+# Ports a node keeps for its whole life are picked below Linux's ephemeral range
+# (32768-60999 by default): a port the kernel hands out (bind to 0) is free now, but
+# any outgoing connection may take it before the node listens on it, or while it is
+# stopped and restarted.
+LISTEN_PORTS = (20000, 32000)
+PORT_TRIES = 200
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port on 127.0.0.1 that is free now, outside the ephemeral range."""
+    low, high = LISTEN_PORTS
+    for _ in range(PORT_TRIES):
+        port = low + secrets.randbelow(high - low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # all taken: any
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
